@@ -1,0 +1,325 @@
+"""Typed params: every section of params.yaml is a pydantic model that refuses unknown keys.
+
+Only stage entry points read params.yaml; library code receives these objects. A bad key or value
+fails at load with its dotted name (``quality.alpha``) and what was expected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.errors import LineageError
+
+NAME_RE = r"^[a-z][a-z0-9_]*$"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------------------------- common
+class CommonConfig(Section):
+    seed: int = 1337
+    tracking_uri: str = "sqlite:///mlflow.db"
+    experiment: str = "gpt-lineage"
+    task_runner: Literal["threads", "dask", "ray", "sync"] = "threads"
+    workers: int = Field(2, ge=1, le=4096)
+    dask_address: str | None = None  # an existing Dask scheduler; None = a local cluster of `workers`
+    ray_address: str | None = None
+    shard_size: int = Field(500, ge=1)  # documents per parquet shard
+    offline: bool = True  # sets HF_HUB_OFFLINE / HF_DATASETS_OFFLINE so hub names fail fast
+
+
+# ---------------------------------------------------------------------------------------------- crawl
+class SourceBase(Section):
+    role: Literal["web", "reference"] = "web"
+    max_docs: int | None = Field(None, ge=1)
+
+
+class CrawlOptions(Section):
+    """Politeness and limits shared by every HTTP crawl (the `http` and `pydoc` kinds)."""
+
+    max_pages: int = Field(200, ge=1)
+    max_depth: int = Field(10, ge=0)
+    max_bytes: int = Field(2_000_000, ge=1024)  # bytes per page; larger pages are cut off and skipped
+    timeout_s: float = Field(10.0, gt=0)
+    max_redirects: int = Field(5, ge=0)
+    retries: int = Field(2, ge=0)
+    backoff_s: float = Field(0.5, ge=0)  # first retry delay, doubled each retry
+    concurrency: int = Field(4, ge=1)  # requests in flight overall
+    per_host_concurrency: int = Field(2, ge=1)
+    rate_limit_s: float = Field(0.0, ge=0)  # minimum delay between two requests to one host
+    respect_robots: bool = True
+    user_agent: str = "gpt-lineage-crawler/0.1"
+    content_types: list[str] = ["text/html", "text/plain", "application/xhtml+xml"]
+    exclude: list[str] = []  # regexes on the normalised URL
+
+    @field_validator("exclude")
+    @classmethod
+    def _regexes_compile(cls, v: list[str]) -> list[str]:
+        for pattern in v:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"bad regex {pattern!r}: {e}") from None
+        return v
+
+
+class HttpSource(SourceBase, CrawlOptions):
+    kind: Literal["http"]
+    seeds: list[str] = Field(min_length=1)
+    scope: Literal["host", "allow"] = "host"  # stay on the seeds' hosts, or on allow_hosts
+    allow_hosts: list[str] = []
+
+    @model_validator(mode="after")
+    def _allow_needs_hosts(self) -> HttpSource:
+        if self.scope == "allow" and not self.allow_hosts:
+            raise ValueError("scope 'allow' needs a non-empty allow_hosts")
+        return self
+
+
+class PydocSource(SourceBase, CrawlOptions):
+    """The embedded offline web: this Python's own `pydoc` server, started on a loopback port."""
+
+    kind: Literal["pydoc"]
+    # modules whose import acts (opens a browser, prints, starts a GUI) or that `pydoc` cannot render
+    exclude_modules: list[str] = [
+        "antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo", "__main__", "pydoc",
+        "webbrowser", "ensurepip", "venv", "lib2to3", "test", "xxlimited", "xxsubtype", "_xx",
+    ]  # fmt: skip
+    stdlib_only: bool = True
+
+
+class WarcSource(SourceBase):
+    kind: Literal["warc"]
+    paths: list[str] = Field(min_length=1)  # local paths, globs or http(s) URLs of .warc/.wet(.gz)
+    record_types: list[Literal["response", "conversion", "resource"]] = ["response", "conversion"]
+    timeout_s: float = Field(60.0, gt=0)
+
+
+class FilesSource(SourceBase):
+    kind: Literal["files"]
+    globs: list[str] = Field(min_length=1)  # .txt .md .html .htm .jsonl .parquet
+    text_field: str = "text"
+
+
+class HfSource(SourceBase):
+    kind: Literal["hf"]
+    dataset: str  # a hub name ("HuggingFaceFW/fineweb-edu") or a local path / data dir
+    config: str | None = None
+    split: str = "train"
+    text_field: str = "text"
+    streaming: bool = True
+    data_files: list[str] | None = None
+
+
+class PythonDocsSource(SourceBase):
+    """Reference prose shipped with the running Python: edited text to learn what 'good' looks like."""
+
+    kind: Literal["python_docs"]
+    part: Literal["topics", "docstrings", "distributions"]
+    min_chars: int = Field(600, ge=0)
+    role: Literal["web", "reference"] = "reference"
+
+
+Source = Annotated[
+    HttpSource | PydocSource | WarcSource | FilesSource | HfSource | PythonDocsSource,
+    Field(discriminator="kind"),
+]
+
+
+class CrawlConfig(Section):
+    sources: dict[str, Source] = Field(min_length=1)
+
+    @field_validator("sources")
+    @classmethod
+    def _names(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for name in v:
+            if not re.match(NAME_RE, name):
+                raise ValueError(f"source name {name!r} must match {NAME_RE}")
+        return v
+
+
+# ---------------------------------------------------------------------------------------------- clean
+class CleanConfig(Section):
+    """Gopher (Rae et al. 2021, App. A) thresholds by default; a document failing any is dropped."""
+
+    extractor: Literal["trafilatura", "fallback"] = "trafilatura"
+    fallback: bool = True  # plain lxml text when trafilatura rejects a page
+    normalization: Literal["NFC", "NFKC"] = "NFKC"
+    min_words: int = Field(50, ge=0)
+    max_words: int = Field(100_000, ge=1)
+    min_mean_word_length: float = Field(3.0, ge=0)
+    max_mean_word_length: float = Field(10.0, gt=0)
+    max_symbol_word_ratio: float = Field(0.1, ge=0)
+    max_bullet_lines: float = Field(0.9, ge=0, le=1)
+    max_ellipsis_lines: float = Field(0.3, ge=0, le=1)
+    min_alpha_words: float = Field(0.8, ge=0, le=1)
+    min_stop_words: int = Field(2, ge=0)
+    max_dup_line_frac: float = Field(0.3, ge=0, le=1)
+    max_dup_para_frac: float = Field(0.3, ge=0, le=1)
+    max_dup_line_char_frac: float = Field(0.2, ge=0, le=1)
+    max_dup_para_char_frac: float = Field(0.2, ge=0, le=1)
+    max_top_ngram_char_frac: dict[int, float] = {2: 0.20, 3: 0.18, 4: 0.16}
+    max_dup_ngram_char_frac: dict[int, float] = {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}
+    languages: list[str] = ["en"]  # empty = no language check
+    min_language_score: float = Field(0.65, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> CleanConfig:
+        if self.min_words > self.max_words:
+            raise ValueError("min_words must not exceed max_words")
+        if self.min_mean_word_length > self.max_mean_word_length:
+            raise ValueError("min_mean_word_length must not exceed max_mean_word_length")
+        return self
+
+
+# -------------------------------------------------------------------------------------------- quality
+class QualityConfig(Section):
+    """GPT-3 App. A: hashed word features, logistic regression, Pareto keep rule."""
+
+    positives: list[str] = Field(min_length=1)  # reference sources (the 'good' class)
+    negatives: list[str] = Field(min_length=1)  # raw web sources; the filter is applied to these
+    n_features: int = Field(2**18, ge=16)
+    alpha: float = Field(9.0, gt=0)
+    C: float = Field(1.0, gt=0)
+    class_weight: Literal["balanced", "none"] = "none"  # balanced: class sizes do not shift the scores
+    max_iter: int = Field(1000, ge=10)
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    histogram_bins: int = Field(40, ge=2)
+
+
+# ---------------------------------------------------------------------------------------------- dedup
+class DedupConfig(Section):
+    ngram: int = Field(5, ge=1)  # word n-gram shingles
+    num_perm: int = Field(112, ge=8)
+    bands: int | None = Field(14, ge=1)  # bands x rows = num_perm; None = let datasketch pick for threshold
+    rows: int | None = Field(8, ge=1)
+    threshold: float = Field(0.7, gt=0, lt=1)  # LSH threshold when bands/rows are None
+    min_jaccard: float = Field(0.7, ge=0, le=1)  # candidate pairs are kept only above this estimate
+    priority: list[str] = []  # sources kept first inside a cluster; the rest follow in name order
+    eval_files: list[str] = []  # evaluation sets for 13-gram decontamination (.txt .jsonl .parquet)
+    eval_text_fields: list[str] = ["text", "question", "context", "goal", "sentence", "premise", "hypothesis"]
+    decontam_ngram: int = Field(13, ge=1)
+    decontam_margin: int = Field(200, ge=0)  # characters removed each side of a match
+    decontam_min_piece: int = Field(200, ge=0)  # shorter pieces are dropped
+    decontam_max_pieces: int = Field(10, ge=1)  # a document cut into more pieces is dropped
+    decontam_max_doc_freq: int = Field(10, ge=1)  # 13-grams in more training docs are ignored
+
+    @model_validator(mode="after")
+    def _bands_rows(self) -> DedupConfig:
+        if (self.bands is None) != (self.rows is None):
+            raise ValueError("set both bands and rows, or neither")
+        if self.bands is not None and self.bands * self.rows > self.num_perm:
+            raise ValueError(f"bands*rows = {self.bands * self.rows} exceeds num_perm = {self.num_perm}")
+        return self
+
+
+# ------------------------------------------------------------------------------------------------ mix
+class MixConfig(Section):
+    """GPT-3 Table 2.2: each source's weight is its share of training tokens, whatever its size."""
+
+    weights: dict[str, float] = Field(min_length=1)
+    total_tokens: int | None = Field(None, ge=1)  # None = as many tokens as the deduplicated corpus has
+    val_fraction: float = Field(0.05, ge=0, lt=1)  # held out per source, before sampling
+    min_val_docs: int = Field(1, ge=0)
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, v: dict[str, float]) -> dict[str, float]:
+        if any(w < 0 for w in v.values()):
+            raise ValueError("weights must be >= 0")
+        total = sum(v.values())
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"weights must sum to 1 (they sum to {total:.6g})")
+        return v
+
+
+class Params(Section):
+    common: CommonConfig = CommonConfig()
+    crawl: CrawlConfig
+    clean: CleanConfig = CleanConfig()
+    quality: QualityConfig
+    dedup: DedupConfig = DedupConfig()
+    mix: MixConfig
+
+    @model_validator(mode="after")
+    def _source_names(self) -> Params:
+        names = set(self.crawl.sources)
+        for key, listed in [
+            ("quality.positives", self.quality.positives),
+            ("quality.negatives", self.quality.negatives),
+            ("dedup.priority", self.dedup.priority),
+            ("mix.weights", list(self.mix.weights)),
+        ]:
+            unknown = sorted(set(listed) - names)
+            if unknown:
+                raise ValueError(f"{key} names unknown source(s) {unknown}; crawl.sources has {sorted(names)}")
+        overlap = set(self.quality.positives) & set(self.quality.negatives)
+        if overlap:
+            raise ValueError(f"quality: sources {sorted(overlap)} are both positives and negatives")
+        return self
+
+    def section_hash(self, section: str) -> str:
+        """A short stable hash of one section (and `common`), used to tag tracking runs."""
+        data = {"common": self.common.model_dump(mode="json"), section: getattr(self, section).model_dump(mode="json")}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _format_error(err: ValidationError, origin: str) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-after"))
+    # pydantic puts the discriminator tag into the loc of union members: drop those parts
+    loc = re.sub(r"\.(http|pydoc|warc|files|hf|python_docs)(?=\.|$)", "", loc)
+    msg = first["msg"].removeprefix("Value error, ")
+    got = first.get("input")
+    got_s = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
+    more = len(err.errors()) - 1
+    tail = f" [+{more} more]" if more else ""
+    return f"{origin}: {loc or '<root>'}: {msg}{got_s}{tail}"
+
+
+def parse_params(data: dict[str, Any], origin: str = "params") -> Params:
+    try:
+        return Params.model_validate(data)
+    except ValidationError as e:
+        raise LineageError(_format_error(e, origin)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.is_file():
+        raise LineageError(f"{path}: params file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise LineageError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise LineageError(f"{path}: top level must be a mapping of sections")
+    return parse_params(data, str(path))
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}: the form `dvc exp run -S key=value` takes."""
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

@@ -1,0 +1,218 @@
+"""Deduplication and decontamination (Brown et al. 2020, App. A and C).
+
+1. Exact: documents whose normalised text is identical keep one copy.
+2. Fuzzy: MinHash signatures of word n-gram shingles, LSH banding for candidates, candidates kept
+   as duplicates when their estimated Jaccard passes ``min_jaccard``; connected documents form a
+   cluster, of which the highest-priority document survives. Works within and across sources.
+3. Decontamination: training documents sharing a 13-gram with an evaluation set lose the match
+   plus 200 characters each side; pieces under 200 characters are dropped, a document cut into more
+   than 10 pieces is dropped whole, and 13-grams found in more than 10 training documents are left
+   alone (they are boilerplate, not leaked test items).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.config import DedupConfig
+from pipeline.errors import LineageError
+
+TOKEN_RE = re.compile(r"\w+")
+
+
+# ------------------------------------------------------------------------------------------------ exact
+def exact_key(text: str) -> str:
+    """Hash of the text with case, punctuation and whitespace differences removed."""
+    norm = " ".join(TOKEN_RE.findall(text.lower()))
+    return hashlib.sha1(norm.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------- minhash
+def shingles(text: str, n: int) -> list[bytes]:
+    words = TOKEN_RE.findall(text.lower())
+    if len(words) <= n:
+        return [" ".join(words).encode("utf-8", "surrogatepass")]
+    return list({" ".join(words[i : i + n]).encode("utf-8", "surrogatepass") for i in range(len(words) - n + 1)})
+
+
+def minhash_signatures(texts: Iterable[str], cfg: DedupConfig, seed: int = 1) -> np.ndarray:
+    """(docs, num_perm) uint64 MinHash signatures, computed with datasketch's bulk API."""
+    from datasketch import MinHash
+
+    hashes = MinHash.bulk((shingles(t, cfg.ngram) for t in texts), num_perm=cfg.num_perm, seed=seed)
+    if not hashes:
+        return np.zeros((0, cfg.num_perm), dtype=np.uint64)
+    return np.stack([h.hashvalues for h in hashes]).astype(np.uint64)
+
+
+def estimated_jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.mean(a == b))
+
+
+def lsh_candidates(sigs: np.ndarray, cfg: DedupConfig) -> set[tuple[int, int]]:
+    """Pairs (i < j) that share at least one LSH band."""
+    from datasketch import LeanMinHash, MinHash, MinHashLSH
+
+    params = (cfg.bands, cfg.rows) if cfg.bands is not None else None
+    lsh = MinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm, params=params)
+    scheme = MinHash(num_perm=cfg.num_perm, seed=1).scheme  # the scheme MinHash.bulk hashed with
+    lean = [LeanMinHash(seed=1, hashvalues=s, scheme=scheme) for s in sigs]
+    pairs: set[tuple[int, int]] = set()
+    with lsh.insertion_session() as session:
+        for i, m in enumerate(lean):
+            session.insert(i, m, check_duplication=False)
+    for i, m in enumerate(lean):
+        for j in lsh.query(m):
+            if j != i:
+                pairs.add((min(i, j), max(i, j)))
+    return pairs
+
+
+class UnionFind:
+    def __init__(self, n: int):
+        self.parent = list(range(n))
+
+    def find(self, x: int) -> int:
+        while self.parent[x] != x:
+            self.parent[x] = self.parent[self.parent[x]]
+            x = self.parent[x]
+        return x
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def near_duplicate_clusters(sigs: np.ndarray, order: list[int], cfg: DedupConfig) -> list[dict[str, Any]]:
+    """Clusters of near-duplicates among ``sigs``.
+
+    ``order[i]`` ranks document i (lower survives). Each cluster: kept index, removed indices and
+    each removed document's estimated Jaccard with the kept one.
+    """
+    uf = UnionFind(len(sigs))
+    for i, j in lsh_candidates(sigs, cfg):
+        if estimated_jaccard(sigs[i], sigs[j]) >= cfg.min_jaccard:
+            uf.union(i, j)
+    groups: dict[int, list[int]] = {}
+    for i in range(len(sigs)):
+        groups.setdefault(uf.find(i), []).append(i)
+    clusters = []
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        members.sort(key=lambda i: order[i])
+        kept, removed = members[0], members[1:]
+        clusters.append(
+            {"kept": kept, "removed": removed, "jaccard": [estimated_jaccard(sigs[kept], sigs[r]) for r in removed]}
+        )
+    return clusters
+
+
+# ------------------------------------------------------------------------------------- decontamination
+def words_with_spans(text: str) -> tuple[list[str], list[tuple[int, int]]]:
+    words, spans = [], []
+    for m in TOKEN_RE.finditer(text):
+        words.append(m.group().lower())
+        spans.append(m.span())
+    return words, spans
+
+
+def ngrams(words: list[str], n: int) -> Iterator[str]:
+    for i in range(len(words) - n + 1):
+        yield " ".join(words[i : i + n])
+
+
+def read_eval_texts(paths: list[str], root: Path, fields: list[str]) -> list[str]:
+    """Texts of the evaluation sets named in ``dedup.eval_files`` (txt: one per paragraph)."""
+    import pyarrow.parquet as pq
+
+    texts: list[str] = []
+    for p in paths:
+        path = Path(p) if Path(p).is_absolute() else root / p
+        if not path.is_file():
+            raise LineageError(f"dedup.eval_files: {p} not found")
+        if path.suffix == ".jsonl":
+            for i, line in enumerate(path.read_text().splitlines()):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise LineageError(f"{p}:{i + 1}: not valid JSON: {e.msg}") from None
+                texts.append(" ".join(_field_texts(row, fields)))
+        elif path.suffix == ".parquet":
+            for row in pq.read_table(path).to_pylist():
+                texts.append(" ".join(_field_texts(row, fields)))
+        else:
+            texts.extend(t for t in re.split(r"\n\s*\n", path.read_text(errors="replace")) if t.strip())
+    return texts
+
+
+def _field_texts(row: dict[str, Any], fields: list[str]) -> list[str]:
+    out = []
+    for f in fields:
+        v = row.get(f)
+        if isinstance(v, str):
+            out.append(v)
+        elif isinstance(v, list):
+            out.extend(str(x) for x in v if isinstance(x, str))
+    return out
+
+
+def eval_ngram_set(texts: list[str], n: int) -> set[str]:
+    grams: set[str] = set()
+    for t in texts:
+        grams.update(ngrams(words_with_spans(t)[0], n))
+    return grams
+
+
+def contaminated_ngrams(text: str, eval_grams: set[str], n: int) -> set[str]:
+    return {g for g in ngrams(words_with_spans(text)[0], n) if g in eval_grams}
+
+
+def decontaminate(
+    text: str, eval_grams: set[str], frequent: set[str], cfg: DedupConfig
+) -> tuple[list[str] | None, int]:
+    """Pieces of ``text`` left after cutting eval-set matches, and the number of matches cut.
+
+    Returns (None, matches) when the document is dropped (too many pieces), ([text], 0) when clean.
+    """
+    words, spans = words_with_spans(text)
+    n = cfg.decontam_ngram
+    cuts: list[tuple[int, int]] = []
+    for i, g in enumerate(ngrams(words, n)):
+        if g in eval_grams and g not in frequent:
+            start = max(0, spans[i][0] - cfg.decontam_margin)
+            end = min(len(text), spans[i + n - 1][1] + cfg.decontam_margin)
+            if cuts and start <= cuts[-1][1]:
+                cuts[-1] = (cuts[-1][0], max(cuts[-1][1], end))
+            else:
+                cuts.append((start, end))
+    if not cuts:
+        return [text], 0
+    pieces, pos = [], 0
+    for start, end in cuts:
+        pieces.append(text[pos:start])
+        pos = end
+    pieces.append(text[pos:])
+    pieces = [p.strip() for p in pieces if len(p.strip()) >= cfg.decontam_min_piece]
+    if len(pieces) > cfg.decontam_max_pieces:
+        return None, len(cuts)
+    return pieces, len(cuts)
+
+
+def doc_frequency(texts: Iterable[str], eval_grams: set[str], n: int) -> Counter[str]:
+    """In how many training documents each evaluation n-gram appears."""
+    counts: Counter[str] = Counter()
+    for t in texts:
+        counts.update(contaminated_ngrams(t, eval_grams, n))
+    return counts

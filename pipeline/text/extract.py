@@ -1,0 +1,79 @@
+"""HTML -> main text, and Unicode normalisation.
+
+trafilatura finds the main content of a page and drops navigation and boilerplate. On pages it
+rejects (too short, no main block found) a plain lxml walk over block elements keeps the visible
+text, so the heuristic filters downstream decide, not the extractor, and every drop has a reason.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b-\u200d\ufeff]")
+SPACE_RE = re.compile(r"[ \t\u00a0\u2000-\u200a\u202f\u205f\u3000]+")
+BLANKS_RE = re.compile(r"\n{3,}")
+BLOCK_TAGS = {
+    "p", "div", "br", "li", "ul", "ol", "dl", "dt", "dd", "tr", "table", "h1", "h2", "h3", "h4", "h5", "h6",
+    "pre", "blockquote", "section", "article", "header", "footer", "hr", "td", "th",
+}  # fmt: skip
+DROP_TAGS = ["script", "style", "noscript", "template", "svg", "head", "iframe", "form", "nav"]
+
+
+def normalize_text(text: str, form: str = "NFKC") -> str:
+    """Unicode normal form, no control characters, single spaces, at most one blank line."""
+    text = unicodedata.normalize(form, text)
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = CONTROL_RE.sub("", text)
+    lines = [SPACE_RE.sub(" ", line).strip() for line in text.split("\n")]
+    return BLANKS_RE.sub("\n\n", "\n".join(lines)).strip()
+
+
+def fallback_extract(html: str) -> str:
+    """Visible text of a page, one line per block element."""
+    import lxml.html
+    from lxml import etree
+
+    try:
+        root = lxml.html.document_fromstring(html)
+    except (etree.ParserError, ValueError):
+        return ""
+    for el in root.iter(*DROP_TAGS):
+        el.drop_tree() if el.getparent() is not None else None
+    parts: list[str] = []
+
+    def walk(el: etree._Element) -> None:
+        tag = el.tag if isinstance(el.tag, str) else ""
+        if tag in BLOCK_TAGS:
+            parts.append("\n")
+        if el.text and tag:
+            parts.append(el.text)
+        for child in el:
+            walk(child)
+        if tag in BLOCK_TAGS:
+            parts.append("\n")
+        if el.tail:
+            parts.append(el.tail)
+
+    walk(root)
+    return "".join(parts)
+
+
+def extract_text(html: str, use_trafilatura: bool = True, fallback: bool = True) -> tuple[str, str]:
+    """Main text of ``html`` and which extractor produced it ('trafilatura', 'fallback' or 'none')."""
+    if use_trafilatura:
+        import trafilatura
+
+        try:
+            text = trafilatura.extract(
+                html, include_comments=False, include_tables=True, favor_recall=True, deduplicate=False
+            )
+        except (ValueError, TypeError, RecursionError):
+            text = None
+        if text:
+            return text, "trafilatura"
+    if fallback:
+        text = fallback_extract(html)
+        if text.strip():
+            return text, "fallback"
+    return "", "none"

@@ -1,0 +1,126 @@
+"""GPT-3's quality filter (Brown et al. 2020, App. A).
+
+A logistic regression on hashed whitespace-token features separates curated reference text
+(positives) from raw web text (negatives). Each web document is then kept when
+``np.random.pareto(alpha) > 1 - score``, so high scores are almost always kept while low scores
+still get through now and then: P(keep | s) = (2 - s) ** -alpha.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.config import QualityConfig
+from pipeline.io import read_rows, write_table
+from pipeline.text.clean import CLEAN_SCHEMA
+
+SCORED_SCHEMA = CLEAN_SCHEMA.append(pa.field("score", pa.float64()))
+
+
+def make_classifier(cfg: QualityConfig, seed: int) -> Any:
+    from sklearn.feature_extraction.text import HashingVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    return make_pipeline(
+        HashingVectorizer(
+            n_features=cfg.n_features, lowercase=True, token_pattern=r"(?u)\S+", alternate_sign=False, norm="l2"
+        ),
+        LogisticRegression(
+            C=cfg.C, max_iter=cfg.max_iter, random_state=seed,
+            class_weight="balanced" if cfg.class_weight == "balanced" else None,
+        ),
+    )  # fmt: skip
+
+
+def train_classifier(
+    positives: list[str], negatives: list[str], cfg: QualityConfig, seed: int
+) -> tuple[Any, dict[str, float], np.ndarray, np.ndarray]:
+    """Fit the classifier and score its own training documents out of fold.
+
+    A model with 2^18 weights memorises its training set, so in-sample scores would make every
+    negative look hopeless. Each document is scored by a model fitted on the other folds
+    (k = 1 / test_fraction); metrics come from those held-out scores. The returned classifier is
+    fitted on everything, for documents outside the training set.
+    Returns (classifier, held-out metrics, labels, held-out scores) in positives+negatives order.
+    """
+    from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
+    from sklearn.model_selection import StratifiedKFold
+
+    texts = positives + negatives
+    labels = np.array([1] * len(positives) + [0] * len(negatives))
+    k = max(2, min(round(1 / cfg.test_fraction), int(np.bincount(labels).min())))
+    scores = np.zeros(len(texts))
+    for train_idx, test_idx in StratifiedKFold(k, shuffle=True, random_state=seed).split(texts, labels):
+        clf = make_classifier(cfg, seed).fit([texts[i] for i in train_idx], labels[train_idx])
+        scores[test_idx] = clf.predict_proba([texts[i] for i in test_idx])[:, 1]
+    pred = (scores >= 0.5).astype(int)
+    metrics = {
+        "auc": float(roc_auc_score(labels, scores)),
+        "precision": float(precision_score(labels, pred, zero_division=0)),
+        "recall": float(recall_score(labels, pred, zero_division=0)),
+        "f1": float(f1_score(labels, pred, zero_division=0)),
+        "folds": k,
+        "positives": len(positives),
+        "negatives": len(negatives),
+    }
+    return make_classifier(cfg, seed).fit(texts, labels), metrics, labels, scores
+
+
+def pareto_keep(scores: np.ndarray, alpha: float, rng: np.random.Generator) -> np.ndarray:
+    """GPT-3's rule: keep a document when a Pareto(alpha) draw exceeds 1 - score."""
+    return rng.pareto(alpha, size=len(scores)) > 1.0 - np.asarray(scores)
+
+
+def save_classifier(clf: Any, path: Path) -> None:
+    import skops.io as sio
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    sio.dump(clf, tmp)
+    tmp.replace(path)
+
+
+def load_classifier(path: Path) -> Any:
+    """Load a classifier this stage wrote (skops: no pickle, only the sklearn/numpy types we use)."""
+    import skops.io as sio
+
+    return sio.load(path, trusted=sio.get_untrusted_types(file=path))
+
+
+def score_shard(
+    item: tuple[int, str], out_dir: str, classifier: str, held_out: dict[str, float], negatives: list[str],
+    cfg: QualityConfig, seed: int,
+) -> dict[str, Any]:
+    """Score every document of one shard (held-out score where it was a training document) and
+    filter the negatives' documents with the Pareto rule."""
+    index, shard = item
+    rows = read_rows(shard)
+    if not rows:
+        return {"scores": {}, "kept": {}, "total": {}}
+    unseen = [r["text"] for r in rows if r["id"] not in held_out]
+    fresh = iter(load_classifier(Path(classifier)).predict_proba(unseen)[:, 1] if unseen else [])
+    scores = np.array([held_out[r["id"]] if r["id"] in held_out else next(fresh) for r in rows])
+    rng = np.random.default_rng([seed, index])  # per shard, so the result does not depend on task order
+    keep = pareto_keep(scores, cfg.alpha, rng)
+    kept, dropped = [], []
+    per_scores: dict[str, list[float]] = {}
+    kept_n: dict[str, int] = {}
+    total_n: dict[str, int] = {}
+    for row, s, k in zip(rows, scores, keep, strict=True):
+        src = row["source"]
+        row = {**row, "score": float(s)}
+        per_scores.setdefault(src, []).append(float(s))
+        total_n[src] = total_n.get(src, 0) + 1
+        is_kept = bool(k) if src in negatives else True
+        (kept if is_kept else dropped).append(row)
+        kept_n[src] = kept_n.get(src, 0) + int(is_kept)
+    name = Path(shard).name
+    if kept:
+        write_table(Path(out_dir) / "docs" / name, kept, SCORED_SCHEMA)
+    if dropped:
+        write_table(Path(out_dir) / "dropped" / name, dropped, SCORED_SCHEMA)
+    return {"scores": per_scores, "kept": kept_n, "total": total_n}

@@ -1,0 +1,81 @@
+"""MLflow: one run per stage execution, tagged so a run can be traced to its code, params and data."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.config import Params, flatten
+
+
+def git_commit(root: Path) -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=False
+        )
+        return out.stdout.strip() or "none"
+    except OSError:
+        return "none"
+
+
+def dvc_input_hashes(root: Path, stage: str) -> dict[str, str]:
+    """The md5 DVC recorded for this stage's data deps in dvc.lock (empty before the first lock)."""
+    lock = root / "dvc.lock"
+    if not lock.is_file():
+        return {}
+    try:
+        stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    except yaml.YAMLError:
+        return {}
+    out: dict[str, str] = {}
+    for dep in stages.get(stage, {}).get("deps", []):
+        path = dep.get("path", "")
+        if path.startswith("data/") and "md5" in dep:
+            out[f"dvc.input.{path}"] = dep["md5"]
+    return out
+
+
+class Tracker:
+    def __init__(self, mlflow: Any):
+        self._mlflow = mlflow
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        clean = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        if clean:
+            self._mlflow.log_metrics(clean, step=step)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self._mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+    def log_dict(self, data: Any, name: str) -> None:
+        self._mlflow.log_dict(data, name)
+
+    def log_figure(self, fig: Any, name: str) -> None:
+        self._mlflow.log_figure(fig, name)
+
+
+@contextlib.contextmanager
+def stage_run(stage: str, params: Params, root: Path) -> Iterator[Tracker]:
+    import mlflow
+
+    mlflow.set_tracking_uri(params.common.tracking_uri)
+    exp = mlflow.get_experiment_by_name(params.common.experiment)
+    if exp is None:
+        mlflow.create_experiment(params.common.experiment, artifact_location=(root / "mlruns").resolve().as_uri())
+    mlflow.set_experiment(params.common.experiment)
+    tags = {
+        "stage": stage,
+        "git_commit": git_commit(root),
+        "params_hash": params.section_hash(stage),
+        **dvc_input_hashes(root, stage),
+    }
+    with mlflow.start_run(run_name=stage, tags=tags):
+        logged = {f"common.{k}": v for k, v in flatten(params.common.model_dump(mode="json")).items()}
+        logged.update({f"{stage}.{k}": v for k, v in flatten(getattr(params, stage).model_dump(mode="json")).items()})
+        mlflow.log_params({k: str(v)[:6000] for k, v in logged.items()})
+        yield Tracker(mlflow)

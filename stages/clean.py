@@ -1,0 +1,42 @@
+"""clean: raw documents -> main text, normalised, Gopher-filtered; every drop keeps its reason."""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from typing import Any
+
+from pipeline.errors import LineageError
+from pipeline.io import list_shards, write_table
+from pipeline.stage import StageContext, main
+from pipeline.text.clean import clean_shard
+
+
+def body(ctx: StageContext) -> dict[str, Any]:
+    shards = [str(p) for p in list_shards(ctx.input("crawl", "docs"))]
+    results = ctx.orch.map(clean_shard, shards, str(ctx.out), ctx.params.clean, name="clean_shard")
+    totals: dict[str, Counter[str]] = {k: Counter() for k in ("in", "out", "reasons", "extractors")}
+    for r in results:
+        for k, c in totals.items():
+            c.update(r[k])
+    docs_in, docs_out = sum(totals["in"].values()), sum(totals["out"].values())
+    if docs_out == 0:
+        raise LineageError(
+            f"clean: all {docs_in} documents were filtered out (drop reasons: {dict(totals['reasons'])}); "
+            "relax the clean.* thresholds"
+        )
+    table = [{"reason": r, "documents": n, "share": n / docs_in} for r, n in totals["reasons"].most_common()]
+    write_table(ctx.out / "drop_reasons.parquet", table) if table else None
+    ctx.tracker.log_dict({"drop_reasons": table, "extractors": dict(totals["extractors"])}, "drop_reasons.json")
+    return {
+        "docs_in": docs_in,
+        "docs_out": docs_out,
+        "keep_rate": docs_out / docs_in,
+        "drops": dict(totals["reasons"]),
+        "extractors": dict(totals["extractors"]),
+        "sources": {s: {"in": n, "out": totals["out"][s]} for s, n in sorted(totals["in"].items())},
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main("clean", body))
