@@ -95,6 +95,7 @@ def write_shards(
 ) -> list[Path]:
     """Write rows as ``prefix-00000.parquet``, ``prefix-00001.parquet``... of ``shard_size`` rows."""
     directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
     batch: list[dict[str, Any]] = []
     for row in rows:

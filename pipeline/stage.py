@@ -62,6 +62,12 @@ def run_stage(stage: str, body: Callable[[StageContext], dict[str, Any]], root: 
     return metrics
 
 
+def make_dirs(root: Path, *names: str) -> None:
+    """Create the output folders DVC tracks, so an empty result is an empty folder, not a missing one."""
+    for name in names:
+        (root / name).mkdir(parents=True, exist_ok=True)
+
+
 def main(stage: str, body: Callable[[StageContext], dict[str, Any]], argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog=f"python -m stages.{stage}", description=f"Run the {stage} stage.")
     ap.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")

@@ -6,14 +6,19 @@ import sys
 from collections import Counter
 from typing import Any
 
+import pyarrow as pa
+
 from pipeline.errors import LineageError
 from pipeline.io import list_shards, write_table
-from pipeline.stage import StageContext, main
+from pipeline.stage import StageContext, main, make_dirs
+
+DROP_TABLE = pa.schema([("reason", pa.string()), ("documents", pa.int64()), ("share", pa.float64())])
 from pipeline.text.clean import clean_shard
 
 
 def body(ctx: StageContext) -> dict[str, Any]:
     shards = [str(p) for p in list_shards(ctx.input("crawl", "docs"))]
+    make_dirs(ctx.out, "docs", "dropped")
     results = ctx.orch.map(clean_shard, shards, str(ctx.out), ctx.params.clean, name="clean_shard")
     totals: dict[str, Counter[str]] = {k: Counter() for k in ("in", "out", "reasons", "extractors")}
     for r in results:
@@ -26,7 +31,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
             "relax the clean.* thresholds"
         )
     table = [{"reason": r, "documents": n, "share": n / docs_in} for r, n in totals["reasons"].most_common()]
-    write_table(ctx.out / "drop_reasons.parquet", table) if table else None
+    write_table(ctx.out / "drop_reasons.parquet", table, DROP_TABLE)
     ctx.tracker.log_dict({"drop_reasons": table, "extractors": dict(totals["extractors"])}, "drop_reasons.json")
     return {
         "docs_in": docs_in,

@@ -10,7 +10,7 @@ from typing import Any
 from pipeline.config import CommonConfig
 from pipeline.errors import LineageError
 from pipeline.io import write_shards, write_table
-from pipeline.stage import StageContext, main
+from pipeline.stage import StageContext, main, make_dirs
 from pipeline.text.sources import FETCH_LOG_SCHEMA, RAW_SCHEMA, read_source
 
 
@@ -42,6 +42,7 @@ def crawl_one(item: tuple[str, Any], out: str, root: str, common: CommonConfig) 
 
 def body(ctx: StageContext) -> dict[str, Any]:
     p = ctx.params
+    make_dirs(ctx.out, "docs", "fetch_log")
     sources = list(p.crawl.sources.items())
     results = ctx.orch.map(crawl_one, sources, str(ctx.out), str(ctx.root), p.common, name="crawl_source")
     per_source = {r.pop("name"): r for r in results}

@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from pipeline.config import DedupConfig
 from pipeline.io import list_shards, read_rows, write_table
-from pipeline.stage import StageContext, main
+from pipeline.stage import StageContext, main, make_dirs
 from pipeline.text.dedup import (
     contaminated_ngrams,
     decontaminate,
@@ -148,6 +148,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
     for p in parts:
         eval_df.update(p["eval_df"])
     frequent = {g for g, n in eval_df.items() if n > cfg.decontam_max_doc_freq}
+    make_dirs(ctx.out, "docs")
     written = ctx.orch.map(write_shard, shards, str(ctx.out), removed_ids, eval_grams, frequent, cfg, name="write_shard")
     stats: Counter[str] = Counter()
     out_sources: Counter[str] = Counter()

@@ -9,7 +9,7 @@ import numpy as np
 
 from pipeline.errors import LineageError
 from pipeline.io import list_shards, read_rows, write_csv
-from pipeline.stage import StageContext, main
+from pipeline.stage import StageContext, main, make_dirs
 from pipeline.text.quality import save_classifier, score_shard, train_classifier
 
 
@@ -57,6 +57,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
     save_classifier(clf, classifier)
     ctx.tracker.log_artifact(classifier)
 
+    make_dirs(ctx.out, "docs", "dropped")
     results = ctx.orch.map(
         score_shard, list(enumerate(shards)), str(ctx.out), str(classifier), oof, cfg.negatives, cfg, seed,
         name="score_shard",

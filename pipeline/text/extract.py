@@ -8,6 +8,7 @@ text, so the heuristic filters downstream decide, not the extractor, and every d
 from __future__ import annotations
 
 import re
+import threading
 import unicodedata
 
 CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b-\u200d\ufeff]")
@@ -17,6 +18,10 @@ BLOCK_TAGS = {
     "p", "div", "br", "li", "ul", "ol", "dl", "dt", "dd", "tr", "table", "h1", "h2", "h3", "h4", "h5", "h6",
     "pre", "blockquote", "section", "article", "header", "footer", "hr", "td", "th",
 }  # fmt: skip
+# trafilatura keeps compiled lxml XPath objects at module level, and lxml's XPath evaluators are not
+# thread-safe (concurrent use crashes the interpreter): one extraction at a time per process. The GIL
+# already serialises this CPU-bound work; parallelism comes from process-based runners (Dask, Ray).
+_LXML_LOCK = threading.Lock()
 DROP_TAGS = ["script", "style", "noscript", "template", "svg", "head", "iframe", "form", "nav"]
 
 
@@ -65,15 +70,17 @@ def extract_text(html: str, use_trafilatura: bool = True, fallback: bool = True)
         import trafilatura
 
         try:
-            text = trafilatura.extract(
-                html, include_comments=False, include_tables=True, favor_recall=True, deduplicate=False
-            )
+            with _LXML_LOCK:
+                text = trafilatura.extract(
+                    html, include_comments=False, include_tables=True, favor_recall=True, deduplicate=False
+                )
         except (ValueError, TypeError, RecursionError):
             text = None
         if text:
             return text, "trafilatura"
     if fallback:
-        text = fallback_extract(html)
+        with _LXML_LOCK:
+            text = fallback_extract(html)
         if text.strip():
             return text, "fallback"
     return "", "none"

@@ -1,0 +1,31 @@
+# make run  - create .venv if missing, install, run the whole DAG offline (dvc repro)
+# make test - create .venv if missing, install, run the test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: run test install lint bench clean-data
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# exact pin first: a looser requirement pulls a multi-GB CUDA build
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/lineage run
+
+test: $(STAMP)
+	$(VENV)/bin/pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check pipeline stages tests bench
+	$(VENV)/bin/ruff format --check pipeline stages tests bench
+
+bench: $(STAMP)
+	$(PY) bench/data_throughput.py
+	$(PY) bench/orchestration.py
