@@ -214,8 +214,12 @@ def read_warc_source(name: str, src: WarcSource, root: Path) -> list[dict]:
     docs: list[dict] = []
     for path in expand_paths(src.paths, root, f"crawl.sources.{name}.paths"):
         stream = _open_stream(path, src.timeout_s)
+        records = 0
         try:
             for rec in ArchiveIterator(stream):
+                records += 1
+                if not str(rec.format).startswith("warc"):  # warcio reads any text as legacy ARC
+                    raise LineageError(f"{path}: not a valid WARC/WET file: record {records} is {rec.format!r}, not WARC")
                 if rec.rec_type not in src.record_types:
                     continue
                 url = rec.rec_headers.get_header("WARC-Target-URI") or ""
@@ -239,10 +243,14 @@ def read_warc_source(name: str, src: WarcSource, root: Path) -> list[dict]:
                     return docs
         except ArchiveLoadFailed as e:
             raise LineageError(f"{path}: not a valid WARC/WET file: {str(e).splitlines()[0]}") from None
-        except (OSError, EOFError, ValueError) as e:  # truncated gzip, bad record headers
+        except LineageError:
+            raise
+        except Exception as e:  # warcio fails in many ways on damaged input (zlib, headers, None URIs)
             raise LineageError(f"{path}: corrupt WARC/WET file: {type(e).__name__}: {e}") from None
         finally:
             stream.close()
+        if records == 0:
+            raise LineageError(f"{path}: not a valid WARC/WET file: no WARC records found")
     return docs
 
 

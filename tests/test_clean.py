@@ -1,0 +1,95 @@
+import random
+
+import pytest
+
+from pipeline.config import CleanConfig
+from pipeline.text.clean import clean_doc
+from pipeline.text.extract import extract_text, fallback_extract, normalize_text
+from pipeline.text.filters import detect_language, drop_reason, dup_ngram_char_frac, top_ngram_char_frac
+from tests.conftest import prose
+
+CFG = CleanConfig()
+
+ARTICLE = """<html><head><title>T</title><script>var x = 1;</script><style>p{}</style></head><body>
+<nav><a href="/">Home</a> | <a href="/about">About</a> | <a href="/shop">Shop</a></nav>
+<article><h1>How rivers shape mountains</h1>
+<p>Rivers cut into the rock of a mountain over thousands of years, and the valleys they leave behind tell the
+history of the climate in which they formed. A steep valley with a narrow floor is the work of a young river.</p>
+<p>Older rivers wander across wide plains and carry fine sediment to the sea, where it settles into layers that
+geologists read like the pages of a book about the past of the whole region and the people who lived there.</p>
+</article><footer>Copyright 2024 Example Media. All rights reserved. Privacy | Terms | Cookies</footer></body></html>"""
+
+
+def test_extraction_keeps_article_and_drops_boilerplate():
+    text, how = extract_text(ARTICLE)
+    assert how == "trafilatura"
+    assert "Rivers cut into the rock" in text and "geologists read like the pages" in text
+    assert "var x" not in text and "Privacy | Terms" not in text
+
+
+def test_fallback_when_trafilatura_rejects_a_page():
+    page = "<html><body><div>Short list</div><ul><li>one item</li><li>two items</li></ul></body></html>"
+    text, how = extract_text(page)
+    assert how in {"trafilatura", "fallback"}
+    assert "one item" in fallback_extract(page) and "two items" in fallback_extract(page)
+    assert extract_text("<html><body></body></html>")[1] == "none"
+
+
+def test_normalize_text_nfkc_controls_and_spaces():
+    assert normalize_text("ﬁne\u00a0\u00a0day\x07\r\n\n\n\nnext  line") == "fine day\n\nnext line"
+    assert normalize_text("e\u0301", "NFC") == "\u00e9"
+
+
+def test_good_prose_passes_every_rule():
+    assert drop_reason(prose(random.Random(1), 300), CFG) is None
+
+
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("", "empty"),
+        ("the river and the mountain with a view", "min_words"),
+        (" ".join(["a"] * 60), "min_mean_word_length"),
+        (" ".join(["extraordinarilylongword"] * 60), "max_mean_word_length"),
+        (" ".join(f"#tag{i} the word" for i in range(40)), "symbol_word_ratio"),
+        ("\n".join(f"- item {i} of the list with words" for i in range(30)), "bullet_lines"),
+        ("\n".join(f"and the story goes on about the river and the mountain number {i} ..." for i in range(30)), "ellipsis_lines"),
+        (" ".join(f"{i} 123456 234567 the of 345678 456789 567890 678901" for i in range(20)), "alpha_words"),
+        (" ".join(["river mountain garden window valley"] * 20), "stop_words"),
+    ],
+)
+def test_each_gopher_quality_rule(text: str, reason: str):
+    assert drop_reason(text, CFG) == reason
+
+
+def test_repetition_rules():
+    rng = random.Random(2)
+    line = "The river flows to the sea and the valley is wide with trees."
+    repeated_lines = "\n".join([line] * 10 + [prose(rng, 60)])
+    assert drop_reason(repeated_lines, CFG) in {"dup_line_frac", "dup_para_frac", "dup_line_char_frac"}
+    spam = prose(rng, 80) + " " + " ".join(["buy the cheap shoes"] * 40)
+    assert drop_reason(spam, CFG).startswith(("top_", "dup_"))
+    words = "a b c d e a b c d e x y".split()
+    assert dup_ngram_char_frac(words, 5) == pytest.approx(10 / 12)
+    assert top_ngram_char_frac(words, 2) == pytest.approx(4 / 12)
+
+
+def test_language_check():
+    assert detect_language(prose(random.Random(3), 100))[0] == "en"
+    german = (
+        "Der Fluss fliesst durch das Tal und die Berge sind hoch. Wir gehen am Morgen in den Wald und "
+        "sehen die Tiere, die dort leben. Die Kinder spielen im Garten und die Eltern arbeiten im Haus. "
+        "Im Winter liegt viel Schnee auf den Dächern, und die Strassen sind oft glatt und gefährlich. "
+        "Meine Grossmutter erzählt gern Geschichten aus ihrer Jugend, als es noch keine Autos gab."
+    )
+    no_stop_words = CFG.model_copy(update={"min_stop_words": 0, "min_words": 20})  # the English stop-word rule would fire first
+    assert drop_reason(german, no_stop_words) == "language"
+    assert drop_reason(german, no_stop_words.model_copy(update={"languages": ["en", "de"]})) is None
+
+
+def test_clean_doc_records_reason_and_extractor():
+    raw = {"id": "s/1", "source": "s", "role": "web", "url": "u", "text": ARTICLE, "content_type": "text/html"}
+    doc, reason = clean_doc(raw, CFG.model_copy(update={"min_words": 20}))
+    assert reason is None and doc["extractor"] == "trafilatura" and doc["words"] > 50
+    doc, reason = clean_doc({**raw, "text": "tiny page", "content_type": "text/plain"}, CFG)
+    assert reason == "min_words" and doc["extractor"] == "plain"

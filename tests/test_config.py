@@ -1,0 +1,59 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import deep_merge, flatten, load_params, parse_params
+from pipeline.errors import LineageError
+from tests.conftest import ROOT, files_params
+
+
+def test_shipped_params_and_tiny_profile_validate():
+    params = load_params(ROOT / "params.yaml")
+    assert params.quality.alpha == 9.0
+    assert params.quality.n_features == 2**18
+    tiny = yaml.safe_load((ROOT / "profiles" / "tiny.yaml").read_text())
+    merged = deep_merge(yaml.safe_load((ROOT / "params.yaml").read_text()), tiny)
+    assert parse_params(merged).crawl.sources["pydoc_web"].max_pages == tiny["crawl"]["sources"]["pydoc_web"]["max_pages"]
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ({"quality": {"alpha": -1}}, "quality.alpha: Input should be greater than 0 (got -1)"),
+        ({"quality": {"alfa": 3}}, "quality.alfa: Extra inputs are not permitted"),
+        ({"common": {"task_runner": "spark"}}, "common.task_runner: Input should be 'threads', 'dask', 'ray' or 'sync'"),
+        ({"crawl": {"sources": {"web": {"kind": "ftp"}}}}, "crawl.sources.web: Input tag 'ftp' found using 'kind'"),
+        ({"crawl": {"sources": {"web": {"max_pages": 0}}}}, "crawl.sources.web"),
+        ({"mix": {"weights": {"ref": 0.5, "web": 0.4}}}, "mix.weights: weights must sum to 1"),
+        ({"mix": {"weights": {"ref": 0.6, "web": 0.2, "nope": 0.2}}}, "mix.weights names unknown source(s) ['nope']"),
+        ({"dedup": {"bands": 20, "rows": 8}}, "bands*rows = 160 exceeds num_perm = 112"),
+        ({"clean": {"min_words": 500, "max_words": 100}}, "clean: min_words must not exceed max_words"),
+    ],
+)
+def test_bad_values_name_their_dotted_key(tmp_path: Path, override, expected):
+    with pytest.raises(LineageError) as err:
+        parse_params(files_params(tmp_path, override), "params.yaml")
+    msg = str(err.value)
+    assert expected in msg
+    assert "\n" not in msg
+
+
+def test_unknown_kind_with_all_fields_is_reported_once(tmp_path: Path):
+    data = files_params(tmp_path)
+    data["crawl"]["sources"]["web"] = {"kind": "gopher", "globs": ["x"]}
+    with pytest.raises(LineageError, match=r"crawl\.sources\.web: Input tag 'gopher'"):
+        parse_params(data)
+
+
+def test_missing_and_malformed_files(tmp_path: Path):
+    with pytest.raises(LineageError, match="params file not found"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "params.yaml"
+    bad.write_text("common: [unclosed")
+    with pytest.raises(LineageError, match="not valid YAML"):
+        load_params(bad)
+
+
+def test_flatten_gives_dvc_set_param_keys():
+    assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": None}) == {"a.b": 1, "a.c.d": [1, 2], "e": None}

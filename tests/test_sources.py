@@ -1,0 +1,142 @@
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import FilesSource, HfSource, PydocSource, PythonDocsSource, WarcSource
+from pipeline.errors import LineageError
+from pipeline.text.sources import (
+    PydocServer,
+    pydoc_excludes,
+    read_files_source,
+    read_hf_source,
+    read_pydoc_source,
+    read_python_docs_source,
+    read_warc_source,
+)
+
+
+def write_warc(path: Path) -> None:
+    from warcio.statusandheaders import StatusAndHeaders
+    from warcio.warcwriter import WARCWriter
+
+    with path.open("wb") as fh:
+        writer = WARCWriter(fh, gzip=True)
+        pages = [
+            ("http://example.org/a", "200 OK", "text/html; charset=utf-8", "<html><body><p>Caf\u00e9 page A</p></body></html>"),
+            ("http://example.org/b", "404 Not Found", "text/html", "<html>missing</html>"),
+            ("http://example.org/c.png", "200 OK", "image/png", "\x89PNG"),
+            ("http://example.org/d", "200 OK", "text/html; charset=iso-8859-1", "<p>na\u00efve latin</p>"),
+        ]
+        for url, status, ctype, body in pages:
+            charset = "iso-8859-1" if "8859" in ctype else "utf-8"
+            headers = StatusAndHeaders(status, [("Content-Type", ctype)], protocol="HTTP/1.1")
+            rec = writer.create_warc_record(url, "response", payload=io.BytesIO(body.encode(charset)), http_headers=headers)
+            writer.write_record(rec)
+        wet = writer.create_warc_record(
+            "http://example.org/a", "conversion", payload=io.BytesIO(b"Plain text of page A."),
+            warc_content_type="text/plain",
+        )  # fmt: skip
+        writer.write_record(wet)
+
+
+def test_warc_reader_keeps_text_responses_and_conversions(tmp_path: Path):
+    write_warc(tmp_path / "crawl.warc.gz")
+    src = WarcSource(kind="warc", paths=["*.warc.gz"])
+    docs = read_warc_source("cc", src, tmp_path)
+    by_url = {(d["url"], d["content_type"]): d for d in docs}
+    assert set(by_url) == {
+        ("http://example.org/a", "text/html"),
+        ("http://example.org/d", "text/html"),
+        ("http://example.org/a", "text/plain"),
+    }
+    assert "Caf\u00e9" in by_url["http://example.org/a", "text/html"]["text"]
+    assert "na\u00efve" in by_url["http://example.org/d", "text/html"]["text"]  # charset from the HTTP header
+    assert by_url["http://example.org/a", "text/plain"]["text"] == "Plain text of page A."
+    only_wet = read_warc_source("cc", WarcSource(kind="warc", paths=["crawl.warc.gz"], record_types=["conversion"]), tmp_path)
+    assert [d["content_type"] for d in only_wet] == ["text/plain"]
+
+
+def test_corrupt_or_missing_warc_is_one_clear_error(tmp_path: Path):
+    write_warc(tmp_path / "good.warc.gz")
+    data = (tmp_path / "good.warc.gz").read_bytes()
+    (tmp_path / "bad.warc.gz").write_bytes(data[: len(data) // 2] + b"\x00garbage" * 50)
+    with pytest.raises(LineageError, match=r"bad\.warc\.gz: (corrupt|not a valid) WARC"):
+        read_warc_source("cc", WarcSource(kind="warc", paths=["bad.warc.gz"]), tmp_path)
+    (tmp_path / "text.warc").write_text("this is not a warc file\n" * 10)
+    with pytest.raises(LineageError, match=r"text\.warc: (corrupt|not a valid) WARC"):
+        read_warc_source("cc", WarcSource(kind="warc", paths=["text.warc"]), tmp_path)
+    with pytest.raises(LineageError, match=r"crawl\.sources\.cc\.paths: no file matches 'none-\*\.warc'"):
+        read_warc_source("cc", WarcSource(kind="warc", paths=["none-*.warc"]), tmp_path)
+
+
+def test_warc_url_unreachable_is_one_clear_error(tmp_path: Path):
+    src = WarcSource(kind="warc", paths=["http://127.0.0.1:9/cc.warc.gz"], timeout_s=2)
+    with pytest.raises(LineageError, match=r"http://127\.0\.0\.1:9/cc\.warc\.gz: cannot fetch WARC"):
+        read_warc_source("cc", src, tmp_path)
+
+
+def test_files_source_reads_txt_html_jsonl_parquet(tmp_path: Path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "a.txt").write_text("alpha text")
+    (tmp_path / "b.html").write_text("<p>beta</p>")
+    (tmp_path / "c.jsonl").write_text(json.dumps({"body": "gamma"}) + "\n\n" + json.dumps({"body": "delta"}) + "\n")
+    pq.write_table(pa.table({"body": ["epsilon"]}), tmp_path / "d.parquet")
+    src = FilesSource(kind="files", globs=["*.txt", "*.html"], role="reference")
+    docs = read_files_source("f", src, tmp_path)
+    assert [(d["text"], d["content_type"], d["role"]) for d in docs] == [
+        ("alpha text", "text/plain", "reference"), ("<p>beta</p>", "text/html", "reference"),
+    ]  # fmt: skip
+    docs = read_files_source("f", FilesSource(kind="files", globs=["*.jsonl", "*.parquet"], text_field="body"), tmp_path)
+    assert [d["text"] for d in docs] == ["gamma", "delta", "epsilon"]
+    assert len({d["id"] for d in docs}) == 3
+    with pytest.raises(LineageError, match=r"c\.jsonl:1: no field 'text'"):
+        read_files_source("f", FilesSource(kind="files", globs=["*.jsonl"]), tmp_path)
+
+
+def test_hf_source_loads_a_local_dataset_and_names_bad_fields(tmp_path: Path):
+    import datasets
+
+    ds = datasets.Dataset.from_dict({"content": [f"document number {i}" for i in range(7)], "url": [f"u{i}" for i in range(7)]})
+    ds.to_parquet(str(tmp_path / "local_ds" / "train.parquet"))
+    src = HfSource(kind="hf", dataset="local_ds", text_field="content", max_docs=5, streaming=True)
+    docs = read_hf_source("hub", src, tmp_path)
+    assert [d["text"] for d in docs] == [f"document number {i}" for i in range(5)]
+    assert docs[0]["url"] == "u0"
+    with pytest.raises(LineageError, match=r"crawl\.sources\.hub\.text_field: 'local_ds' has no field 'text'"):
+        read_hf_source("hub", HfSource(kind="hf", dataset="local_ds"), tmp_path)
+    with pytest.raises(LineageError, match=r"crawl\.sources\.hub\.dataset: cannot load 'no-such/dataset-xyz'"):
+        read_hf_source("hub", HfSource(kind="hf", dataset="no-such/dataset-xyz"), tmp_path)
+
+
+@pytest.mark.parametrize("part", ["topics", "docstrings", "distributions"])
+def test_python_reference_sources(part: str):
+    docs = read_python_docs_source("ref", PythonDocsSource(kind="python_docs", part=part, min_chars=500, max_docs=20))
+    assert 5 <= len(docs) <= 20
+    assert all(len(d["text"]) >= 500 and d["role"] == "reference" for d in docs)
+    assert len({d["id"] for d in docs}) == len(docs)
+
+
+def test_pydoc_server_crawl_is_local_scoped_and_skips_acting_modules():
+    src = PydocSource(kind="pydoc", max_pages=12, concurrency=1, per_host_concurrency=1)
+    docs, log = read_pydoc_source("pydoc_web", src)
+    assert len(log) <= 12 and docs
+    assert all(d["url"].startswith("pydoc:/") and d["content_type"] == "text/html" for d in docs)
+    import re
+
+    pats = [re.compile(p) for p in pydoc_excludes(src)]
+    for bad in ["/antigravity.html", "/this.html", "/idlelib.pyshell.html", "/venv.__main__.html", "/getfile?key=os"]:
+        assert any(p.search("http://127.0.0.1:1" + bad) for p in pats), bad
+    assert not any(p.search("http://127.0.0.1:1/json.html") for p in pats)
+
+
+def test_pydoc_server_stops(tmp_path: Path):
+    with PydocServer() as server:
+        proc = server.proc
+        assert server.url.startswith("http://127.0.0.1:")
+    assert proc is not None and proc.poll() is not None
+
+
