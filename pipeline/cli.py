@@ -78,10 +78,12 @@ def profile_overrides(root: Path, profile: str) -> list[str]:
         known = sorted(p.stem for p in (root / "profiles").glob("*.yaml"))
         raise LineageError(f"profile {profile!r}: {path} not found (profiles: {known})")
     data = yaml.safe_load(path.read_text()) or {}
+    present = flatten(yaml.safe_load((root / "params.yaml").read_text()) or {})
     args = []
     for key, value in flatten(data).items():
         text = "null" if value is None else json.dumps(value) if isinstance(value, list | dict | bool) else str(value)
-        args += ["-S", f"{key}={text}"]
+        plus = "" if key in present else "+"  # Hydra's syntax for a key params.yaml does not have yet
+        args += ["-S", f"{plus}{key}={text}"]
     return args
 
 

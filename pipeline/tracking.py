@@ -61,8 +61,12 @@ class Tracker:
 
 @contextlib.contextmanager
 def stage_run(stage: str, params: Params, root: Path) -> Iterator[Tracker]:
+    import logging
+
     import mlflow
 
+    for name in ("mlflow", "alembic"):  # store creation/migration chatter on every new database
+        logging.getLogger(name).setLevel(logging.WARNING)
     mlflow.set_tracking_uri(params.common.tracking_uri)
     exp = mlflow.get_experiment_by_name(params.common.experiment)
     if exp is None:
