@@ -61,7 +61,10 @@ def prefect_server(root: Path, timeout_s: float = 90.0) -> Iterator[str | None]:
         if _healthy(url):
             yield url
         else:
-            print(f"lineage: Prefect server did not start (see {log}); flows use temporary servers", file=sys.stderr)
+            print(
+                f"lineage: Prefect server did not start (see {log}); flows use temporary servers",
+                file=sys.stderr,
+            )
             yield None
     finally:
         proc.terminate()
@@ -81,7 +84,13 @@ def profile_overrides(root: Path, profile: str) -> list[str]:
     present = flatten(yaml.safe_load((root / "params.yaml").read_text()) or {})
     args = []
     for key, value in flatten(data).items():
-        text = "null" if value is None else json.dumps(value) if isinstance(value, list | dict | bool) else str(value)
+        text = (
+            "null"
+            if value is None
+            else json.dumps(value)
+            if isinstance(value, list | dict | bool)
+            else str(value)
+        )
         plus = "" if key in present else "+"  # Hydra's syntax for a key params.yaml does not have yet
         args += ["-S", f"{plus}{key}={text}"]
     return args

@@ -261,7 +261,9 @@ class Params(Section):
         ]:
             unknown = sorted(set(listed) - names)
             if unknown:
-                raise ValueError(f"{key} names unknown source(s) {unknown}; crawl.sources has {sorted(names)}")
+                raise ValueError(
+                    f"{key} names unknown source(s) {unknown}; crawl.sources has {sorted(names)}"
+                )
         overlap = set(self.quality.positives) & set(self.quality.negatives)
         if overlap:
             raise ValueError(f"quality: sources {sorted(overlap)} are both positives and negatives")
@@ -269,7 +271,10 @@ class Params(Section):
 
     def section_hash(self, section: str) -> str:
         """A short stable hash of one section (and `common`), used to tag tracking runs."""
-        data = {"common": self.common.model_dump(mode="json"), section: getattr(self, section).model_dump(mode="json")}
+        data = {
+            "common": self.common.model_dump(mode="json"),
+            section: getattr(self, section).model_dump(mode="json"),
+        }
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -79,7 +79,9 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def write_table(path: str | Path, rows: list[dict[str, Any]] | pa.Table, schema: pa.Schema | None = None) -> Path:
+def write_table(
+    path: str | Path, rows: list[dict[str, Any]] | pa.Table, schema: pa.Schema | None = None
+) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows, schema=schema)
@@ -90,7 +92,10 @@ def write_table(path: str | Path, rows: list[dict[str, Any]] | pa.Table, schema:
 
 
 def write_shards(
-    directory: str | Path, rows: Iterable[dict[str, Any]], shard_size: int, prefix: str = "part",
+    directory: str | Path,
+    rows: Iterable[dict[str, Any]],
+    shard_size: int,
+    prefix: str = "part",
     schema: pa.Schema | None = None,
 ) -> list[Path]:
     """Write rows as ``prefix-00000.parquet``, ``prefix-00001.parquet``... of ``shard_size`` rows."""

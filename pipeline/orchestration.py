@@ -57,7 +57,9 @@ def make_task_runner(common: CommonConfig) -> Any:
         try:
             from prefect_ray import RayTaskRunner
         except ImportError:
-            raise LineageError("common.task_runner: 'ray' needs the prefect-ray package (pip install prefect-ray)") from None
+            raise LineageError(
+                "common.task_runner: 'ray' needs the prefect-ray package (pip install prefect-ray)"
+            ) from None
         return RayTaskRunner(address=common.ray_address) if common.ray_address else RayTaskRunner()
     raise LineageError(f"common.task_runner: no runner for {common.task_runner!r}")
 
@@ -87,7 +89,9 @@ class Orchestrator:
         if self.use_prefect:
             import prefect  # noqa: F401 - imported with the stage, like mlflow, not inside the timed flow
 
-    def map(self, fn: Callable[..., Any], items: Sequence[Any], *args: Any, name: str | None = None) -> list[Any]:
+    def map(
+        self, fn: Callable[..., Any], items: Sequence[Any], *args: Any, name: str | None = None
+    ) -> list[Any]:
         """``[fn(item, *args) for item in items]``, as Prefect tasks on the configured runner."""
         if not items:
             return []
@@ -129,7 +133,9 @@ class Orchestrator:
                 return timed_body()
             from prefect import flow
 
-            f = flow(timed_body, name=name, task_runner=make_task_runner(self.common), validate_parameters=False)
+            f = flow(
+                timed_body, name=name, task_runner=make_task_runner(self.common), validate_parameters=False
+            )
             state = f(return_state=True)
             if refused:
                 raise refused[0]

@@ -44,7 +44,9 @@ def flatten_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, floa
     return out
 
 
-def run_stage(stage: str, body: Callable[[StageContext], dict[str, Any]], root: Path, params: Params) -> dict[str, Any]:
+def run_stage(
+    stage: str, body: Callable[[StageContext], dict[str, Any]], root: Path, params: Params
+) -> dict[str, Any]:
     """Run one stage in ``root``; returns its metrics. Raises LineageError on bad input."""
     from pipeline.tracking import stage_run
 

@@ -45,7 +45,9 @@ class Tracker:
         self._mlflow = mlflow
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        clean = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        clean = {
+            k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)
+        }
         if clean:
             self._mlflow.log_metrics(clean, step=step)
 
@@ -70,7 +72,9 @@ def stage_run(stage: str, params: Params, root: Path) -> Iterator[Tracker]:
     mlflow.set_tracking_uri(params.common.tracking_uri)
     exp = mlflow.get_experiment_by_name(params.common.experiment)
     if exp is None:
-        mlflow.create_experiment(params.common.experiment, artifact_location=(root / "mlruns").resolve().as_uri())
+        mlflow.create_experiment(
+            params.common.experiment, artifact_location=(root / "mlruns").resolve().as_uri()
+        )
     mlflow.set_experiment(params.common.experiment)
     tags = {
         "stage": stage,
@@ -80,6 +84,8 @@ def stage_run(stage: str, params: Params, root: Path) -> Iterator[Tracker]:
     }
     with mlflow.start_run(run_name=stage, tags=tags):
         logged = {f"common.{k}": v for k, v in flatten(params.common.model_dump(mode="json")).items()}
-        logged.update({f"{stage}.{k}": v for k, v in flatten(getattr(params, stage).model_dump(mode="json")).items()})
+        logged.update(
+            {f"{stage}.{k}": v for k, v in flatten(getattr(params, stage).model_dump(mode="json")).items()}
+        )
         mlflow.log_params({k: str(v)[:6000] for k, v in logged.items()})
         yield Tracker(mlflow)

@@ -11,9 +11,9 @@ import pyarrow as pa
 from pipeline.errors import LineageError
 from pipeline.io import list_shards, write_table
 from pipeline.stage import StageContext, main, make_dirs
+from pipeline.text.clean import clean_shard
 
 DROP_TABLE = pa.schema([("reason", pa.string()), ("documents", pa.int64()), ("share", pa.float64())])
-from pipeline.text.clean import clean_shard
 
 
 def body(ctx: StageContext) -> dict[str, Any]:
@@ -32,7 +32,9 @@ def body(ctx: StageContext) -> dict[str, Any]:
         )
     table = [{"reason": r, "documents": n, "share": n / docs_in} for r, n in totals["reasons"].most_common()]
     write_table(ctx.out / "drop_reasons.parquet", table, DROP_TABLE)
-    ctx.tracker.log_dict({"drop_reasons": table, "extractors": dict(totals["extractors"])}, "drop_reasons.json")
+    ctx.tracker.log_dict(
+        {"drop_reasons": table, "extractors": dict(totals["extractors"])}, "drop_reasons.json"
+    )
     return {
         "docs_in": docs_in,
         "docs_out": docs_out,

@@ -39,7 +39,9 @@ CLUSTER_SCHEMA = pa.schema(
 )
 
 
-def signature_shard(shard: str, work: str, cfg: DedupConfig, eval_grams: set[str], seed: int) -> dict[str, Any]:
+def signature_shard(
+    shard: str, work: str, cfg: DedupConfig, eval_grams: set[str], seed: int
+) -> dict[str, Any]:
     rows = read_rows(shard, ["id", "source", "text"])
     texts = [r["text"] for r in rows]
     sig_path = Path(work) / (Path(shard).stem + ".npy")
@@ -67,7 +69,9 @@ def write_shard(
     for row in read_rows(shard):
         if row["id"] in removed:
             continue
-        pieces, matches = decontaminate(row["text"], eval_grams, frequent, cfg) if eval_grams else ([row["text"]], 0)
+        pieces, matches = (
+            decontaminate(row["text"], eval_grams, frequent, cfg) if eval_grams else ([row["text"]], 0)
+        )
         if matches:
             stats["docs_contaminated"] += 1
             stats["matches_cut"] += matches
@@ -81,7 +85,9 @@ def write_shard(
             stats["pieces_out"] += len(pieces)
             stats["chars_removed"] += len(row["text"]) - sum(len(p) for p in pieces)
         for k, piece in enumerate(pieces):
-            doc = row if len(pieces) == 1 and not matches else {**row, "id": f"{row['id']}#p{k}", "text": piece}
+            doc = (
+                row if len(pieces) == 1 and not matches else {**row, "id": f"{row['id']}#p{k}", "text": piece}
+            )
             kept.append(doc)
             per_source[row["source"]] += 1
     if kept:
@@ -104,7 +110,9 @@ def body(ctx: StageContext) -> dict[str, Any]:
     keys = [k for p in parts for k in p["keys"]]
     rank = {s: i for i, s in enumerate(cfg.priority)}
     # lower survives: priority list first, then longer documents, then id for a stable tie-break
-    order_key = sorted(range(len(ids)), key=lambda i: (rank.get(sources[i], len(rank)), sources[i], -lengths[i], ids[i]))
+    order_key = sorted(
+        range(len(ids)), key=lambda i: (rank.get(sources[i], len(rank)), sources[i], -lengths[i], ids[i])
+    )
     order = [0] * len(ids)
     for pos, i in enumerate(order_key):
         order[i] = pos
@@ -117,15 +125,31 @@ def body(ctx: StageContext) -> dict[str, Any]:
     for members in by_key.values():
         if len(members) > 1:
             members.sort(key=lambda i: order[i])
-            clusters.append({"kind": "exact", "kept": members[0], "removed": members[1:], "jaccard": [1.0] * (len(members) - 1)})
+            clusters.append(
+                {
+                    "kind": "exact",
+                    "kept": members[0],
+                    "removed": members[1:],
+                    "jaccard": [1.0] * (len(members) - 1),
+                }
+            )
             exact_removed.update(members[1:])
 
     survivors = [i for i in range(len(ids)) if i not in exact_removed]
-    sigs = np.concatenate([np.load(p["sig"]) for p in parts]) if parts else np.zeros((0, cfg.num_perm), np.uint64)
+    sigs = (
+        np.concatenate([np.load(p["sig"]) for p in parts])
+        if parts
+        else np.zeros((0, cfg.num_perm), np.uint64)
+    )
     near = near_duplicate_clusters(sigs[survivors], [order[i] for i in survivors], cfg)
     for c in near:
         clusters.append(
-            {"kind": "near", "kept": survivors[c["kept"]], "removed": [survivors[r] for r in c["removed"]], "jaccard": c["jaccard"]}
+            {
+                "kind": "near",
+                "kept": survivors[c["kept"]],
+                "removed": [survivors[r] for r in c["removed"]],
+                "jaccard": c["jaccard"],
+            }
         )
     shutil.rmtree(work)
     near_removed = {r for c in clusters if c["kind"] == "near" for r in c["removed"]}
@@ -149,7 +173,9 @@ def body(ctx: StageContext) -> dict[str, Any]:
         eval_df.update(p["eval_df"])
     frequent = {g for g, n in eval_df.items() if n > cfg.decontam_max_doc_freq}
     make_dirs(ctx.out, "docs")
-    written = ctx.orch.map(write_shard, shards, str(ctx.out), removed_ids, eval_grams, frequent, cfg, name="write_shard")
+    written = ctx.orch.map(
+        write_shard, shards, str(ctx.out), removed_ids, eval_grams, frequent, cfg, name="write_shard"
+    )
     stats: Counter[str] = Counter()
     out_sources: Counter[str] = Counter()
     for w in written:
@@ -172,13 +198,21 @@ def body(ctx: StageContext) -> dict[str, Any]:
             "eval_texts": len(eval_texts),
             "eval_ngrams": len(eval_grams),
             "frequent_ngrams_ignored": len(frequent),
-            **{k: stats.get(k, 0) for k in (
-                "docs_contaminated", "matches_cut", "pieces_out", "chars_removed",
-                "docs_dropped_too_many_pieces", "docs_dropped_no_piece_left",
-            )},
+            **{
+                k: stats.get(k, 0)
+                for k in (
+                    "docs_contaminated",
+                    "matches_cut",
+                    "pieces_out",
+                    "chars_removed",
+                    "docs_dropped_too_many_pieces",
+                    "docs_dropped_no_piece_left",
+                )
+            },
         },  # fmt: skip
         "sources": {
-            s: {"in": in_sources[s], "duplicates": removed_sources[s], "out": out_sources[s]} for s in sorted(in_sources)
+            s: {"in": in_sources[s], "duplicates": removed_sources[s], "out": out_sources[s]}
+            for s in sorted(in_sources)
         },
     }
 

@@ -69,7 +69,9 @@ def body(ctx: StageContext) -> dict[str, Any]:
         for i, epoch, take in picks:
             d = docs[i]
             text = d["text"] if take == d["tokens"] else truncate_tokens(d["text"], take)
-            train_rows.append({"id": f"{d['id']}@{epoch}", "source": s, "text": text, "tokens": take, "epoch": epoch})
+            train_rows.append(
+                {"id": f"{d['id']}@{epoch}", "source": s, "text": text, "tokens": take, "epoch": epoch}
+            )
             out_tokens += take
         available = sum(tokens)
         per_source[s] = {

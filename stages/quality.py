@@ -22,7 +22,13 @@ def histogram_figure(scores: dict[str, list[float]], bins: int, negatives: list[
     fig, ax = plt.subplots(figsize=(7, 4))
     edges = np.linspace(0, 1, bins + 1)
     for src, vals in sorted(scores.items()):
-        ax.hist(vals, bins=edges, histtype="step", density=True, label=f"{src} ({'web' if src in negatives else 'ref'})")
+        ax.hist(
+            vals,
+            bins=edges,
+            histtype="step",
+            density=True,
+            label=f"{src} ({'web' if src in negatives else 'ref'})",
+        )
     ax.set_xlabel("quality score P(reference | text)")
     ax.set_ylabel("density")
     ax.legend(fontsize=8)
@@ -49,9 +55,13 @@ def body(ctx: StageContext) -> dict[str, Any]:
                 neg.append(r)
     for key, texts in (("quality.positives", pos), ("quality.negatives", neg)):
         if len(texts) < 5:
-            raise LineageError(f"{key}: only {len(texts)} cleaned documents from {getattr(cfg, key.split('.')[1])}; need at least 5 to train")
+            raise LineageError(
+                f"{key}: only {len(texts)} cleaned documents from {getattr(cfg, key.split('.')[1])}; need at least 5 to train"
+            )
 
-    clf, held_out, y_te, s_te = train_classifier([r["text"] for r in pos], [r["text"] for r in neg], cfg, seed)
+    clf, held_out, y_te, s_te = train_classifier(
+        [r["text"] for r in pos], [r["text"] for r in neg], cfg, seed
+    )
     oof = {r["id"]: float(s) for r, s in zip(pos + neg, s_te, strict=True)}
     classifier = ctx.out / "classifier.skops"
     save_classifier(clf, classifier)
@@ -59,7 +69,14 @@ def body(ctx: StageContext) -> dict[str, Any]:
 
     make_dirs(ctx.out, "docs", "dropped")
     results = ctx.orch.map(
-        score_shard, list(enumerate(shards)), str(ctx.out), str(classifier), oof, cfg.negatives, cfg, seed,
+        score_shard,
+        list(enumerate(shards)),
+        str(ctx.out),
+        str(classifier),
+        oof,
+        cfg.negatives,
+        cfg,
+        seed,
         name="score_shard",
     )
     scores: dict[str, list[float]] = {}
@@ -82,7 +99,10 @@ def body(ctx: StageContext) -> dict[str, Any]:
             row[src] = int(np.histogram(vals, bins=edges)[0][i])
         hist_rows.append(row)
     write_csv(ctx.out / "plots" / "score_hist.csv", hist_rows)
-    write_csv(ctx.out / "plots" / "roc.csv", [{"fpr": float(a), "tpr": float(b)} for a, b in zip(fpr, tpr, strict=True)])
+    write_csv(
+        ctx.out / "plots" / "roc.csv",
+        [{"fpr": float(a), "tpr": float(b)} for a, b in zip(fpr, tpr, strict=True)],
+    )
     fig = histogram_figure(scores, cfg.histogram_bins, cfg.negatives)
     fig.savefig(ctx.out / "score_histogram.png", dpi=100)
     ctx.tracker.log_figure(fig, "score_histogram.png")
@@ -90,14 +110,21 @@ def body(ctx: StageContext) -> dict[str, Any]:
     web_total = sum(total.get(s, 0) for s in cfg.negatives)
     web_kept = sum(kept.get(s, 0) for s in cfg.negatives)
     if sum(kept.values()) == 0:
-        raise LineageError(f"quality: no document left of {sum(total.values())}; lower quality.alpha to keep more web text")
+        raise LineageError(
+            f"quality: no document left of {sum(total.values())}; lower quality.alpha to keep more web text"
+        )
     return {
         "classifier": held_out,
         "docs_in": sum(total.values()),
         "docs_out": sum(kept.values()),
         "web_keep_rate": web_kept / web_total if web_total else 1.0,
         "sources": {
-            s: {"docs": total[s], "kept": kept[s], "keep_rate": kept[s] / total[s], "mean_score": float(np.mean(scores[s]))}
+            s: {
+                "docs": total[s],
+                "kept": kept[s],
+                "keep_rate": kept[s] / total[s],
+                "mean_score": float(np.mean(scores[s])),
+            }
             for s in sorted(total)
         },
     }

@@ -19,12 +19,64 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 
-WORDS = (
-    "river mountain garden window language history science market village teacher student music "
-    "winter summer morning evening doctor library machine engine report journey forest ocean "
-    "bridge castle kitchen letter animal country theory method number surface signal answer"
-).split()
-GLUE = "the of and to in that with is was for on as by have be it from at".split()
+WORDS = [
+    "river",
+    "mountain",
+    "garden",
+    "window",
+    "language",
+    "history",
+    "science",
+    "market",
+    "village",
+    "teacher",
+    "student",
+    "music",
+    "winter",
+    "summer",
+    "morning",
+    "evening",
+    "doctor",
+    "library",
+    "machine",
+    "engine",
+    "report",
+    "journey",
+    "forest",
+    "ocean",
+    "bridge",
+    "castle",
+    "kitchen",
+    "letter",
+    "animal",
+    "country",
+    "theory",
+    "method",
+    "number",
+    "surface",
+    "signal",
+    "answer",
+]
+GLUE = [
+    "the",
+    "of",
+    "and",
+    "to",
+    "in",
+    "that",
+    "with",
+    "is",
+    "was",
+    "for",
+    "on",
+    "as",
+    "by",
+    "have",
+    "be",
+    "it",
+    "from",
+    "at",
+]
 
 
 def prose(rng: random.Random, n_words: int) -> str:
@@ -43,7 +95,20 @@ def prose(rng: random.Random, n_words: int) -> str:
 
 def junk(rng: random.Random, n_words: int) -> str:
     """Web-like boilerplate: menus, prices, symbols."""
-    items = ["Home", "Login", "Cart", "$19.99", "#deal", "SALE!!!", "Click", "here", ">>", "Menu", "FAQ", "(c)2024"]
+    items = [
+        "Home",
+        "Login",
+        "Cart",
+        "$19.99",
+        "#deal",
+        "SALE!!!",
+        "Click",
+        "here",
+        ">>",
+        "Menu",
+        "FAQ",
+        "(c)2024",
+    ]
     return "\n".join(" | ".join(rng.choice(items) for _ in range(6)) for _ in range(max(1, n_words // 6)))
 
 

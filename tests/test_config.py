@@ -14,7 +14,10 @@ def test_shipped_params_and_tiny_profile_validate():
     assert params.quality.n_features == 2**18
     tiny = yaml.safe_load((ROOT / "profiles" / "tiny.yaml").read_text())
     merged = deep_merge(yaml.safe_load((ROOT / "params.yaml").read_text()), tiny)
-    assert parse_params(merged).crawl.sources["pydoc_web"].max_pages == tiny["crawl"]["sources"]["pydoc_web"]["max_pages"]
+    assert (
+        parse_params(merged).crawl.sources["pydoc_web"].max_pages
+        == tiny["crawl"]["sources"]["pydoc_web"]["max_pages"]
+    )
 
 
 @pytest.mark.parametrize(
@@ -22,11 +25,20 @@ def test_shipped_params_and_tiny_profile_validate():
     [
         ({"quality": {"alpha": -1}}, "quality.alpha: Input should be greater than 0 (got -1)"),
         ({"quality": {"alfa": 3}}, "quality.alfa: Extra inputs are not permitted"),
-        ({"common": {"task_runner": "spark"}}, "common.task_runner: Input should be 'threads', 'dask', 'ray' or 'sync'"),
-        ({"crawl": {"sources": {"web": {"kind": "ftp"}}}}, "crawl.sources.web: Input tag 'ftp' found using 'kind'"),
+        (
+            {"common": {"task_runner": "spark"}},
+            "common.task_runner: Input should be 'threads', 'dask', 'ray' or 'sync'",
+        ),
+        (
+            {"crawl": {"sources": {"web": {"kind": "ftp"}}}},
+            "crawl.sources.web: Input tag 'ftp' found using 'kind'",
+        ),
         ({"crawl": {"sources": {"web": {"max_pages": 0}}}}, "crawl.sources.web"),
         ({"mix": {"weights": {"ref": 0.5, "web": 0.4}}}, "mix.weights: weights must sum to 1"),
-        ({"mix": {"weights": {"ref": 0.6, "web": 0.2, "nope": 0.2}}}, "mix.weights names unknown source(s) ['nope']"),
+        (
+            {"mix": {"weights": {"ref": 0.6, "web": 0.2, "nope": 0.2}}},
+            "mix.weights names unknown source(s) ['nope']",
+        ),
         ({"dedup": {"bands": 20, "rows": 8}}, "bands*rows = 160 exceeds num_perm = 112"),
         ({"clean": {"min_words": 500, "max_words": 100}}, "clean: min_words must not exceed max_words"),
     ],

@@ -18,7 +18,9 @@ BIN = Path(sys.executable).parent
 def sh(args: list[str], cwd: Path, timeout: int = 400) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     env.pop("PREFECT_API_URL", None)
-    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +28,11 @@ def repo(tmp_path_factory) -> Path:
     """A fresh checkout: the files git knows (committed or not), in a new git repository."""
     dest = tmp_path_factory.mktemp("clone")
     files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split("\n")
     for f in filter(None, files):
         if (ROOT / f).is_file():
@@ -62,5 +68,14 @@ def test_tiny_profile_runs_the_dag_then_reruns_only_what_changed(repo: Path):
     shown = sh(["dvc", "metrics", "show", "--json"], repo)
     assert shown.returncode == 0
     values = json.dumps(json.loads(shown.stdout))
-    for key in ("docs_out", "drops", "auc", "web_keep_rate", "duplicate_rate", "clusters", "epochs", "tokens_out"):
+    for key in (
+        "docs_out",
+        "drops",
+        "auc",
+        "web_keep_rate",
+        "duplicate_rate",
+        "clusters",
+        "epochs",
+        "tokens_out",
+    ):
         assert f'"{key}"' in values, key

@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 
 from pipeline.config import QualityConfig
-from pipeline.text.quality import load_classifier, make_classifier, pareto_keep, save_classifier, train_classifier
+from pipeline.text.quality import (
+    load_classifier,
+    make_classifier,
+    pareto_keep,
+    save_classifier,
+    train_classifier,
+)
 from tests.conftest import junk, prose
 
 CFG = QualityConfig(positives=["ref"], negatives=["web"])
@@ -29,7 +35,11 @@ def test_pareto_rule_is_seeded():
 def test_features_are_the_gpt3_hashing_setup():
     vec = make_classifier(CFG, 0).steps[0][1]
     assert vec.n_features == 2**18 and vec.alternate_sign is False and vec.lowercase is True
-    assert vec.build_analyzer()("Hello, World  foo-bar") == ["hello,", "world", "foo-bar"]  # whitespace tokens
+    assert vec.build_analyzer()("Hello, World  foo-bar") == [
+        "hello,",
+        "world",
+        "foo-bar",
+    ]  # whitespace tokens
 
 
 def test_classifier_separates_reference_from_web_on_held_out_folds(tmp_path):

@@ -24,7 +24,12 @@ def write_warc(path: Path) -> None:
     with path.open("wb") as fh:
         writer = WARCWriter(fh, gzip=True)
         pages = [
-            ("http://example.org/a", "200 OK", "text/html; charset=utf-8", "<html><body><p>Caf\u00e9 page A</p></body></html>"),
+            (
+                "http://example.org/a",
+                "200 OK",
+                "text/html; charset=utf-8",
+                "<html><body><p>Caf\u00e9 page A</p></body></html>",
+            ),
             ("http://example.org/b", "404 Not Found", "text/html", "<html>missing</html>"),
             ("http://example.org/c.png", "200 OK", "image/png", "\x89PNG"),
             ("http://example.org/d", "200 OK", "text/html; charset=iso-8859-1", "<p>na\u00efve latin</p>"),
@@ -32,7 +37,9 @@ def write_warc(path: Path) -> None:
         for url, status, ctype, body in pages:
             charset = "iso-8859-1" if "8859" in ctype else "utf-8"
             headers = StatusAndHeaders(status, [("Content-Type", ctype)], protocol="HTTP/1.1")
-            rec = writer.create_warc_record(url, "response", payload=io.BytesIO(body.encode(charset)), http_headers=headers)
+            rec = writer.create_warc_record(
+                url, "response", payload=io.BytesIO(body.encode(charset)), http_headers=headers
+            )
             writer.write_record(rec)
         wet = writer.create_warc_record(
             "http://example.org/a", "conversion", payload=io.BytesIO(b"Plain text of page A."),
@@ -54,7 +61,9 @@ def test_warc_reader_keeps_text_responses_and_conversions(tmp_path: Path):
     assert "Caf\u00e9" in by_url["http://example.org/a", "text/html"]["text"]
     assert "na\u00efve" in by_url["http://example.org/d", "text/html"]["text"]  # charset from the HTTP header
     assert by_url["http://example.org/a", "text/plain"]["text"] == "Plain text of page A."
-    only_wet = read_warc_source("cc", WarcSource(kind="warc", paths=["crawl.warc.gz"], record_types=["conversion"]), tmp_path)
+    only_wet = read_warc_source(
+        "cc", WarcSource(kind="warc", paths=["crawl.warc.gz"], record_types=["conversion"]), tmp_path
+    )
     assert [d["content_type"] for d in only_wet] == ["text/plain"]
 
 
@@ -83,14 +92,18 @@ def test_files_source_reads_txt_html_jsonl_parquet(tmp_path: Path):
 
     (tmp_path / "a.txt").write_text("alpha text")
     (tmp_path / "b.html").write_text("<p>beta</p>")
-    (tmp_path / "c.jsonl").write_text(json.dumps({"body": "gamma"}) + "\n\n" + json.dumps({"body": "delta"}) + "\n")
+    (tmp_path / "c.jsonl").write_text(
+        json.dumps({"body": "gamma"}) + "\n\n" + json.dumps({"body": "delta"}) + "\n"
+    )
     pq.write_table(pa.table({"body": ["epsilon"]}), tmp_path / "d.parquet")
     src = FilesSource(kind="files", globs=["*.txt", "*.html"], role="reference")
     docs = read_files_source("f", src, tmp_path)
     assert [(d["text"], d["content_type"], d["role"]) for d in docs] == [
         ("alpha text", "text/plain", "reference"), ("<p>beta</p>", "text/html", "reference"),
     ]  # fmt: skip
-    docs = read_files_source("f", FilesSource(kind="files", globs=["*.jsonl", "*.parquet"], text_field="body"), tmp_path)
+    docs = read_files_source(
+        "f", FilesSource(kind="files", globs=["*.jsonl", "*.parquet"], text_field="body"), tmp_path
+    )
     assert [d["text"] for d in docs] == ["gamma", "delta", "epsilon"]
     assert len({d["id"] for d in docs}) == 3
     with pytest.raises(LineageError, match=r"c\.jsonl:1: no field 'text'"):
@@ -100,21 +113,29 @@ def test_files_source_reads_txt_html_jsonl_parquet(tmp_path: Path):
 def test_hf_source_loads_a_local_dataset_and_names_bad_fields(tmp_path: Path):
     import datasets
 
-    ds = datasets.Dataset.from_dict({"content": [f"document number {i}" for i in range(7)], "url": [f"u{i}" for i in range(7)]})
+    ds = datasets.Dataset.from_dict(
+        {"content": [f"document number {i}" for i in range(7)], "url": [f"u{i}" for i in range(7)]}
+    )
     ds.to_parquet(str(tmp_path / "local_ds" / "train.parquet"))
     src = HfSource(kind="hf", dataset="local_ds", text_field="content", max_docs=5, streaming=True)
     docs = read_hf_source("hub", src, tmp_path)
     assert [d["text"] for d in docs] == [f"document number {i}" for i in range(5)]
     assert docs[0]["url"] == "u0"
-    with pytest.raises(LineageError, match=r"crawl\.sources\.hub\.text_field: 'local_ds' has no field 'text'"):
+    with pytest.raises(
+        LineageError, match=r"crawl\.sources\.hub\.text_field: 'local_ds' has no field 'text'"
+    ):
         read_hf_source("hub", HfSource(kind="hf", dataset="local_ds"), tmp_path)
-    with pytest.raises(LineageError, match=r"crawl\.sources\.hub\.dataset: cannot load 'no-such/dataset-xyz'"):
+    with pytest.raises(
+        LineageError, match=r"crawl\.sources\.hub\.dataset: cannot load 'no-such/dataset-xyz'"
+    ):
         read_hf_source("hub", HfSource(kind="hf", dataset="no-such/dataset-xyz"), tmp_path)
 
 
 @pytest.mark.parametrize("part", ["topics", "docstrings", "distributions"])
 def test_python_reference_sources(part: str):
-    docs = read_python_docs_source("ref", PythonDocsSource(kind="python_docs", part=part, min_chars=500, max_docs=20))
+    docs = read_python_docs_source(
+        "ref", PythonDocsSource(kind="python_docs", part=part, min_chars=500, max_docs=20)
+    )
     assert 5 <= len(docs) <= 20
     assert all(len(d["text"]) >= 500 and d["role"] == "reference" for d in docs)
     assert len({d["id"] for d in docs}) == len(docs)
@@ -128,7 +149,13 @@ def test_pydoc_server_crawl_is_local_scoped_and_skips_acting_modules():
     import re
 
     pats = [re.compile(p) for p in pydoc_excludes(src)]
-    for bad in ["/antigravity.html", "/this.html", "/idlelib.pyshell.html", "/venv.__main__.html", "/getfile?key=os"]:
+    for bad in [
+        "/antigravity.html",
+        "/this.html",
+        "/idlelib.pyshell.html",
+        "/venv.__main__.html",
+        "/getfile?key=os",
+    ]:
         assert any(p.search("http://127.0.0.1:1" + bad) for p in pats), bad
     assert not any(p.search("http://127.0.0.1:1/json.html") for p in pats)
 
@@ -138,5 +165,3 @@ def test_pydoc_server_stops(tmp_path: Path):
         proc = server.proc
         assert server.url.startswith("http://127.0.0.1:")
     assert proc is not None and proc.poll() is not None
-
-

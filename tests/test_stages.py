@@ -19,7 +19,13 @@ from pipeline.stage import main, run_stage
 from stages import clean, crawl, dedup, mix, quality
 from tests.conftest import ROOT, files_params, write_corpus
 
-BODIES = {"crawl": crawl.body, "clean": clean.body, "quality": quality.body, "dedup": dedup.body, "mix": mix.body}
+BODIES = {
+    "crawl": crawl.body,
+    "clean": clean.body,
+    "quality": quality.body,
+    "dedup": dedup.body,
+    "mix": mix.body,
+}
 
 
 def run_chain(root: Path, params, upto: str = "mix") -> dict:
@@ -46,7 +52,9 @@ def plant(root: Path) -> dict:
     ref = [(root / "corpus" / "ref" / f"doc00{i}.txt").read_text() for i in range(3)]
     words = ref[1].split(" ")
     near = " ".join("zzz" if i in (10, 50, 90) else w for i, w in enumerate(words))  # Jaccard ~0.9
-    (root / "corpus" / "mirror.jsonl").write_text(json.dumps({"text": ref[0]}) + "\n" + json.dumps({"text": near}) + "\n")
+    (root / "corpus" / "mirror.jsonl").write_text(
+        json.dumps({"text": ref[0]}) + "\n" + json.dumps({"text": near}) + "\n"
+    )
     leak = " ".join(ref[2].split()[40:60])
     (root / "eval.jsonl").write_text(json.dumps({"question": leak}) + "\n")
     return files_params(
@@ -94,7 +102,11 @@ def test_every_stage_logged_one_mlflow_run(chain):
     by_stage = {r.data.tags["stage"]: r for r in runs}
     assert set(by_stage) == set(BODIES)
     q = by_stage["quality"]
-    assert q.data.params["quality.alpha"] == "3.0" and "params_hash" in q.data.tags and "git_commit" in q.data.tags
+    assert (
+        q.data.params["quality.alpha"] == "3.0"
+        and "params_hash" in q.data.tags
+        and "git_commit" in q.data.tags
+    )
     assert q.data.metrics["classifier/auc"] > 0.9
     assert "clean.min_words" in by_stage["clean"].data.params
     assert "drops/min_words" in by_stage["clean"].data.metrics or by_stage["clean"].data.metrics
@@ -134,12 +146,19 @@ def write_params(root: Path, data: dict) -> None:
 
 def test_unreachable_url_is_one_line_and_writes_nothing(tmp_path, capsys):
     data = files_params(tmp_path)
-    data["crawl"]["sources"]["web"] = {"kind": "http", "seeds": ["http://127.0.0.1:9/"], "retries": 0, "timeout_s": 2}
+    data["crawl"]["sources"]["web"] = {
+        "kind": "http",
+        "seeds": ["http://127.0.0.1:9/"],
+        "retries": 0,
+        "timeout_s": 2,
+    }
     write_corpus(tmp_path)
     write_params(tmp_path, data)
     assert main("crawl", crawl.body, ["--root", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("error: crawl: crawl.sources.web: produced no documents (fetch errors: {'connect': 1})")
+    assert err.startswith(
+        "error: crawl: crawl.sources.web: produced no documents (fetch errors: {'connect': 1})"
+    )
     assert "\n" not in err and "Traceback" not in err
     assert not (tmp_path / "data" / "crawl").exists()
     assert not list((tmp_path / "data").glob(".crawl.tmp-*"))
@@ -151,7 +170,9 @@ def test_corpus_filtered_to_nothing_is_one_line(tmp_path, capsys):
     assert main("crawl", crawl.body, ["--root", str(tmp_path)]) == 0
     assert main("clean", clean.body, ["--root", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("error: clean: clean: all 100 documents were filtered out (drop reasons: {'min_words': 100})")
+    assert err.startswith(
+        "error: clean: clean: all 100 documents were filtered out (drop reasons: {'min_words': 100})"
+    )
     assert not (tmp_path / "data" / "clean").exists()
 
 
@@ -161,7 +182,9 @@ def test_bad_params_is_one_line(tmp_path, capsys):
     write_params(tmp_path, data)
     assert main("crawl", crawl.body, ["--root", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: crawl: ") and "crawl.sources.web: Input tag 'ftp'" in err and "\n" not in err
+    assert (
+        err.startswith("error: crawl: ") and "crawl.sources.web: Input tag 'ftp'" in err and "\n" not in err
+    )
 
 
 def test_missing_upstream_is_named():

@@ -34,7 +34,9 @@ def clean_doc(doc: dict[str, Any], cfg: CleanConfig) -> tuple[dict[str, Any], st
     """The cleaned document and its drop reason (None = kept)."""
     raw = doc["text"] or ""
     if doc["content_type"] in HTML_TYPES:
-        text, extractor = extract_text(raw, use_trafilatura=cfg.extractor == "trafilatura", fallback=cfg.fallback)
+        text, extractor = extract_text(
+            raw, use_trafilatura=cfg.extractor == "trafilatura", fallback=cfg.fallback
+        )
     else:
         text, extractor = raw, "plain"
     text = normalize_text(text, cfg.normalization)

@@ -40,7 +40,9 @@ def shingles(text: str, n: int) -> list[bytes]:
     words = TOKEN_RE.findall(text.lower())
     if len(words) <= n:
         return [" ".join(words).encode("utf-8", "surrogatepass")]
-    return list({" ".join(words[i : i + n]).encode("utf-8", "surrogatepass") for i in range(len(words) - n + 1)})
+    return list(
+        {" ".join(words[i : i + n]).encode("utf-8", "surrogatepass") for i in range(len(words) - n + 1)}
+    )
 
 
 def minhash_signatures(texts: Iterable[str], cfg: DedupConfig, seed: int = 1) -> np.ndarray:
@@ -112,7 +114,11 @@ def near_duplicate_clusters(sigs: np.ndarray, order: list[int], cfg: DedupConfig
         members.sort(key=lambda i: order[i])
         kept, removed = members[0], members[1:]
         clusters.append(
-            {"kept": kept, "removed": removed, "jaccard": [estimated_jaccard(sigs[kept], sigs[r]) for r in removed]}
+            {
+                "kept": kept,
+                "removed": removed,
+                "jaccard": [estimated_jaccard(sigs[kept], sigs[r]) for r in removed],
+            }
         )
     return clusters
 

@@ -67,7 +67,9 @@ def plan_mix(
     docs_by_source: dict[str, list[dict[str, Any]]], weights: dict[str, float], total_tokens: int | None
 ) -> tuple[int, dict[str, int]]:
     """Total training tokens and each source's target."""
-    available = {s: sum(d["tokens"] for d in docs) for s, docs in docs_by_source.items() if weights.get(s, 0) > 0}
+    available = {
+        s: sum(d["tokens"] for d in docs) for s, docs in docs_by_source.items() if weights.get(s, 0) > 0
+    }
     total = total_tokens if total_tokens is not None else sum(available.values())
     targets = {s: int(round(weights[s] * total)) for s in available}
     return total, targets

@@ -92,8 +92,13 @@ def load_classifier(path: Path) -> Any:
 
 
 def score_shard(
-    item: tuple[int, str], out_dir: str, classifier: str, held_out: dict[str, float], negatives: list[str],
-    cfg: QualityConfig, seed: int,
+    item: tuple[int, str],
+    out_dir: str,
+    classifier: str,
+    held_out: dict[str, float],
+    negatives: list[str],
+    cfg: QualityConfig,
+    seed: int,
 ) -> dict[str, Any]:
     """Score every document of one shard (held-out score where it was a training document) and
     filter the negatives' documents with the Pareto rule."""

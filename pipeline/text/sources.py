@@ -77,7 +77,9 @@ def raw_doc(source: str, role: str, url: str, text: str, content_type: str, **fe
 
 
 # ------------------------------------------------------------------------------------------ HTTP crawl
-def read_http(name: str, src: HttpSource | PydocSource, seeds: list[str], in_scope: Any) -> tuple[list[dict], list[dict]]:
+def read_http(
+    name: str, src: HttpSource | PydocSource, seeds: list[str], in_scope: Any
+) -> tuple[list[dict], list[dict]]:
     """Crawl ``seeds``; returns (kept documents, fetch log rows)."""
     from pipeline.text.crawl import crawl
 
@@ -219,7 +221,9 @@ def read_warc_source(name: str, src: WarcSource, root: Path) -> list[dict]:
             for rec in ArchiveIterator(stream):
                 records += 1
                 if not str(rec.format).startswith("warc"):  # warcio reads any text as legacy ARC
-                    raise LineageError(f"{path}: not a valid WARC/WET file: record {records} is {rec.format!r}, not WARC")
+                    raise LineageError(
+                        f"{path}: not a valid WARC/WET file: record {records} is {rec.format!r}, not WARC"
+                    )
                 if rec.rec_type not in src.record_types:
                     continue
                 url = rec.rec_headers.get_header("WARC-Target-URI") or ""
@@ -232,13 +236,18 @@ def read_warc_source(name: str, src: WarcSource, root: Path) -> list[dict]:
                         continue
                     charset = _charset(rec.http_headers.get_header("Content-Type") or "")
                 else:
-                    ctype = "text/plain" if rec.rec_type == "conversion" else (
-                        rec.rec_headers.get_header("Content-Type") or "text/plain").split(";")[0]
+                    ctype = (
+                        "text/plain"
+                        if rec.rec_type == "conversion"
+                        else (rec.rec_headers.get_header("Content-Type") or "text/plain").split(";")[0]
+                    )
                     status, charset = 200, "utf-8"
                 body = rec.content_stream().read()
                 text = body.decode(charset or "utf-8", errors="replace")
                 date = rec.rec_headers.get_header("WARC-Date") or ""
-                docs.append(raw_doc(name, src.role, url, text, ctype, status=status, fetched_at=_warc_time(date)))
+                docs.append(
+                    raw_doc(name, src.role, url, text, ctype, status=status, fetched_at=_warc_time(date))
+                )
                 if src.max_docs and len(docs) >= src.max_docs:
                     return docs
         except ArchiveLoadFailed as e:
@@ -298,7 +307,9 @@ def read_files_source(name: str, src: FilesSource, root: Path) -> list[dict]:
                         raise LineageError(f"{path}:{i + 1}: not valid JSON: {e.msg}") from None
                     if src.text_field not in row:
                         raise LineageError(f"{path}:{i + 1}: no field {src.text_field!r} ({key}.text_field)")
-                    docs.append(raw_doc(name, src.role, f"file:{rel}#{i}", str(row[src.text_field]), "text/plain"))
+                    docs.append(
+                        raw_doc(name, src.role, f"file:{rel}#{i}", str(row[src.text_field]), "text/plain")
+                    )
         elif suffix == ".parquet":
             table = pq.read_table(p)
             if src.text_field not in table.column_names:
@@ -306,7 +317,9 @@ def read_files_source(name: str, src: FilesSource, root: Path) -> list[dict]:
             for i, text in enumerate(table.column(src.text_field).to_pylist()):
                 docs.append(raw_doc(name, src.role, f"file:{rel}#{i}", str(text or ""), "text/plain"))
         else:
-            raise LineageError(f"{path}: unsupported file type {suffix!r} ({key}.globs takes txt md rst html jsonl parquet)")
+            raise LineageError(
+                f"{path}: unsupported file type {suffix!r} ({key}.globs takes txt md rst html jsonl parquet)"
+            )
         if src.max_docs and len(docs) >= src.max_docs:
             return docs[: src.max_docs]
     return docs
@@ -329,7 +342,9 @@ def read_hf_source(name: str, src: HfSource, root: Path) -> list[dict]:
     docs: list[dict] = []
     for i, row in enumerate(ds):
         if src.text_field not in row:
-            raise LineageError(f"{key}.text_field: {src.dataset!r} has no field {src.text_field!r} (has {sorted(row)})")
+            raise LineageError(
+                f"{key}.text_field: {src.dataset!r} has no field {src.text_field!r} (has {sorted(row)})"
+            )
         url = str(row.get("url") or f"hf:{src.dataset}/{src.split}#{i}")
         docs.append(raw_doc(name, src.role, url, str(row[src.text_field] or ""), "text/plain"))
         if src.max_docs and len(docs) >= src.max_docs:
@@ -338,7 +353,17 @@ def read_hf_source(name: str, src: HfSource, root: Path) -> list[dict]:
 
 
 # ----------------------------------------------------------------- reference prose shipped with Python
-SKIP_STDLIB_DIRS = {"test", "tests", "idlelib", "tkinter", "turtledemo", "lib2to3", "site-packages", "ensurepip", "venv"}
+SKIP_STDLIB_DIRS = {
+    "test",
+    "tests",
+    "idlelib",
+    "tkinter",
+    "turtledemo",
+    "lib2to3",
+    "site-packages",
+    "ensurepip",
+    "venv",
+}
 
 
 def _stdlib_files() -> Iterator[Path]:
