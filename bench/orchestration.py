@@ -12,7 +12,9 @@ from this checkout; read only). Three variants, interleaved, each repeated --rep
   no server  common.task_runner=threads, PREFECT_API_URL unset: Prefect starts a temporary
              server inside every stage process
 
-Params: params.yaml with profiles/tiny.yaml merged over it (a small crawl), task_runner set per
+By default each upstream shard is cut to its first 100 documents (--rows-per-shard; 0 copies them
+whole): the stages map over the same shards, so Prefect runs the same tasks, in about 5 minutes
+instead of 8 on 2 cores. Params: params.yaml with profiles/tiny.yaml merged over it (a small crawl), task_runner set per
 variant, the MLflow store a sqlite file in the temporary folder. Reported per stage (median over
 repeats): process wall time per variant, its difference from sync (the whole-process
 orchestration overhead: import, flow and task bookkeeping, API calls), and the stage's own
@@ -162,8 +164,9 @@ def main(argv: list[str] | None = None) -> int:
         "--repeats", type=int, default=2, help="runs per stage and variant; the median is reported"
     )
     ap.add_argument(
-        "--rows-per-shard", type=int, default=0,
-        help="keep only the first N documents of each upstream shard (same number of shards/tasks); 0 = all",
+        "--rows-per-shard", type=int, default=100,
+        help="keep only the first N documents of each upstream shard: the same shards, so the same mapped "
+        "tasks, with a shorter body (default 100, about 5 min in all; 0 = full copies, about 8 min on 2 cores)",
     )  # fmt: skip
     ap.add_argument("--no-tiny", dest="tiny", action="store_false", help="do not merge profiles/tiny.yaml")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per stage run")

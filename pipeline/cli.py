@@ -1,5 +1,5 @@
 """`lineage`: the common cases around `dvc repro` — run (with one Prefect server for the whole
-pipeline run), status, and the MLflow UI."""
+pipeline run), status, sample (generations from a trained model), and the MLflow UI."""
 
 from __future__ import annotations
 
@@ -133,6 +133,38 @@ def cmd_ui(args: argparse.Namespace) -> int:
     )  # fmt: skip
 
 
+def cmd_sample(args: argparse.Namespace) -> int:
+    """Generations from a stage's saved model (data/<stage>/model) or from a training checkpoint."""
+    import torch
+
+    from pipeline.model.export import load_model
+    from pipeline.model.gpt import GPT, GPTConfig
+    from pipeline.tokenizer import load_tokenizer
+
+    root = Path.cwd()
+    if args.checkpoint:
+        from pipeline.train.checkpoint import load_checkpoint
+
+        state = load_checkpoint(Path(args.checkpoint))
+        model = GPT(GPTConfig.from_dict(state["model_config"]))
+        model.load_state_dict(state["model"])
+    else:
+        model = load_model(root / "data" / args.stage / "model")
+    tokenizer = load_tokenizer(Path(args.tokenizer) if args.tokenizer else root / "data" / "tokenize" / "tokenizer.json")
+    model.eval()
+    eot = tokenizer.token_to_id("<|endoftext|>")
+    gen = torch.Generator().manual_seed(args.seed)
+    for i, prompt in enumerate(args.prompt or [""]):
+        ids = tokenizer.encode(prompt).ids or [eot]
+        for _ in range(args.num_samples):
+            out = model.generate(
+                torch.tensor([ids]), args.tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                generator=gen, eos_token=eot,
+            )  # fmt: skip
+            print(f"--- sample {i} ---\n{tokenizer.decode(out[0].tolist())}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="lineage", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -142,6 +174,18 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--no-server", dest="server", action="store_false", help="no shared Prefect server")
     run.set_defaults(fn=cmd_run)
     sub.add_parser("status", help="dvc status and dvc metrics show").set_defaults(fn=cmd_status)
+    sm = sub.add_parser("sample", help="print generations from a stage's model")
+    sm.add_argument("--stage", default="pretrain", help="stage whose data/<stage>/model to load (default: pretrain)")
+    sm.add_argument("--checkpoint", help="a training checkpoint (ckpt.pt) instead of a stage's model")
+    sm.add_argument("--tokenizer", help="tokenizer.json (default: data/tokenize/tokenizer.json)")
+    sm.add_argument("--prompt", action="append", help="prompt text (repeatable; default: start of a document)")
+    sm.add_argument("--tokens", type=int, default=100)
+    sm.add_argument("--num-samples", type=int, default=1)
+    sm.add_argument("--temperature", type=float, default=0.8)
+    sm.add_argument("--top-k", type=int, default=50)
+    sm.add_argument("--top-p", type=float, default=None)
+    sm.add_argument("--seed", type=int, default=0)
+    sm.set_defaults(fn=cmd_sample)
     ui = sub.add_parser("ui", help="the MLflow UI on the tracking store of params.yaml")
     ui.add_argument("--port", type=int, default=5000)
     ui.set_defaults(fn=cmd_ui)

@@ -242,6 +242,85 @@ class MixConfig(Section):
         return v
 
 
+# ------------------------------------------------------------------------------------------- tokenize
+EOT = "<|endoftext|>"
+
+
+class TokenizeConfig(Section):
+    """GPT-2 byte-level BPE (or a character vocabulary) trained on the mixed training split."""
+
+    kind: Literal["bpe", "char"] = "bpe"
+    vocab_size: int = Field(4096, ge=16)  # including the special tokens (and the 256 bytes for bpe)
+    min_frequency: int = Field(2, ge=1)  # bpe: a pair seen fewer times is never merged
+    max_train_bytes: int | None = Field(50_000_000, ge=1)  # utf-8 bytes of train text used; None = all
+    # GPT-2's end of text; GPT-1's start/delimiter/extract for fine-tuning input transforms; chat roles
+    special_tokens: list[str] = [
+        EOT, "<|start|>", "<|delim|>", "<|extract|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>",
+    ]  # fmt: skip
+    batch_docs: int = Field(256, ge=1)  # documents per encode batch
+
+    @field_validator("special_tokens")
+    @classmethod
+    def _specials(cls, v: list[str]) -> list[str]:
+        if EOT not in v:
+            raise ValueError(f"special_tokens must include {EOT!r}")
+        if any(not t for t in v):
+            raise ValueError("special_tokens must not hold an empty string")
+        dup = sorted({t for t in v if v.count(t) > 1})
+        if dup:
+            raise ValueError(f"special_tokens lists {dup} more than once")
+        return v
+
+
+# ------------------------------------------------------------------------------------------- pretrain
+class PretrainConfig(Section):
+    """Model shape, optimisation and budget. Defaults: the embedded CPU profile (a few minutes)."""
+
+    arch: Literal["gpt1", "gpt2", "gpt3"] = "gpt2"
+    n_layer: int = Field(4, ge=1)
+    n_head: int = Field(4, ge=1)
+    n_embd: int = Field(128, ge=8)
+    block_size: int = Field(128, ge=8)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    bias: bool = True
+    window: int = Field(64, ge=1)  # gpt3: tokens a locally banded layer sees (itself included)
+    batch_size: int = Field(16, ge=1)  # sequences per micro-batch per process
+    grad_accum: int = Field(1, ge=1)
+    max_steps: int = Field(600, ge=1)  # also the length of the cosine schedule
+    max_minutes: float | None = Field(None, gt=0)  # stop early once this much training time is spent
+    lr: float = Field(3e-3, gt=0)
+    min_lr: float = Field(3e-4, ge=0)
+    warmup_steps: int = Field(50, ge=0)
+    weight_decay: float = Field(0.1, ge=0)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.95, ge=0, lt=1)
+    grad_clip: float = Field(1.0, ge=0)
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 autocast where supported
+    compile: bool = False
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    nproc_per_node: int = Field(1, ge=1)  # > 1: the stage relaunches itself under torchrun (DDP)
+    log_interval: int = Field(10, ge=1)
+    eval_interval: int = Field(100, ge=0)  # 0: only at the end
+    eval_windows: int = Field(32, ge=1)  # validation windows per source
+    checkpoint_interval: int = Field(100, ge=0)
+    resume: bool = True  # continue from checkpoints/pretrain/<run key>/ckpt.pt when it exists
+    peak_flops: float | None = Field(None, gt=0)  # per device, for MFU; None = measured matmul peak at start
+    sample_tokens: int = Field(80, ge=0)
+    sample_prompts: list[str] = ["The ", "def ", "This module"]
+    temperature: float = Field(0.8, ge=0)
+    top_k: int | None = Field(50, ge=1)
+    top_p: float | None = Field(None, gt=0, le=1)
+    export_hf: bool = True
+
+    @model_validator(mode="after")
+    def _shape(self) -> PretrainConfig:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.min_lr > self.lr:
+            raise ValueError("min_lr must not exceed lr")
+        return self
+
+
 class Params(Section):
     common: CommonConfig = CommonConfig()
     crawl: CrawlConfig
@@ -249,6 +328,8 @@ class Params(Section):
     quality: QualityConfig
     dedup: DedupConfig = DedupConfig()
     mix: MixConfig
+    tokenize: TokenizeConfig = TokenizeConfig()
+    pretrain: PretrainConfig = PretrainConfig()
 
     @model_validator(mode="after")
     def _source_names(self) -> Params:

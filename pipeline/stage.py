@@ -64,6 +64,26 @@ def run_stage(
     return metrics
 
 
+def run_worker(stage: str, body: Callable[[StageContext], dict[str, Any]], argv: list[str]) -> int:
+    """A non-zero torchrun rank: the same body, no flow, no tracking, outputs discarded."""
+    import tempfile
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--root", default=".")
+    args = ap.parse_args(argv)
+    root = Path(args.root).resolve()
+    try:
+        params = load_params(root / args.params)
+        setup_env(params.common)
+        with tempfile.TemporaryDirectory() as out:
+            body(StageContext(stage, params, root, Path(out), Orchestrator(params.common.model_copy(update={"task_runner": "sync"})), None))
+    except LineageError as e:
+        print(f"error: {stage}: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def make_dirs(root: Path, *names: str) -> None:
     """Create the output folders DVC tracks, so an empty result is an empty folder, not a missing one."""
     for name in names:

@@ -60,6 +60,19 @@ class Tracker:
     def log_figure(self, fig: Any, name: str) -> None:
         self._mlflow.log_figure(fig, name)
 
+    def log_text(self, text: str, name: str) -> None:
+        self._mlflow.log_text(text, name)
+
+    def log_model(self, model: Any, registered_name: str) -> None:
+        """Log a torch model and register it in the MLflow model registry."""
+        import mlflow.pytorch
+        import torch
+
+        mlflow.pytorch.log_model(
+            model, name="model", registered_model_name=registered_name,
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+        )  # fmt: skip
+
 
 @contextlib.contextmanager
 def stage_run(stage: str, params: Params, root: Path) -> Iterator[Tracker]:

@@ -1,0 +1,43 @@
+"""Training checkpoints: everything needed to continue exactly where a killed run stopped.
+
+Saved with torch.save and read back with ``weights_only=True``: only tensors and plain Python
+values, nothing unpickled. Written to a temporary file and renamed, so a kill mid-save leaves the
+previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.errors import LineageError
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, model_config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Read a checkpoint; with ``model_config``, refuse one made for another model."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise LineageError(f"{path}: checkpoint not found") from None
+    except Exception as e:  # truncated zip, bad pickle opcodes, foreign files
+        raise LineageError(f"{path}: corrupted or not a checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+    if not isinstance(state, dict) or "model" not in state or "model_config" not in state:
+        raise LineageError(f"{path}: not a gpt-lineage checkpoint (no model/model_config entries)")
+    if model_config is not None and state["model_config"] != model_config:
+        theirs, ours = state["model_config"], model_config
+        diff = [k for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k)]
+        k = diff[0]
+        raise LineageError(
+            f"{path}: checkpoint is for another model ({k}={theirs.get(k)!r}, this run has {k}={ours.get(k)!r})"
+        )
+    return state

@@ -1,0 +1,287 @@
+"""The pretraining loop: AdamW with decay/no-decay groups, linear warmup then cosine decay,
+gradient accumulation and clipping, bf16 autocast, optional torch.compile, DDP under torchrun,
+periodic validation per source in bits per byte, exact resume from checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from pipeline.config import PretrainConfig
+from pipeline.model.gpt import GPT, GPTConfig
+from pipeline.tokenizer import TokenData
+from pipeline.train.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.train.data import TrainBatches, source_windows
+
+
+# ------------------------------------------------------------------------------------------- devices
+@dataclass
+class Dist:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device_pref: str) -> tuple[Dist, torch.device]:
+    """Join the torchrun process group when launched by torchrun (gloo on CPU, nccl on GPU)."""
+    want_cuda = device_pref == "cuda" or (device_pref == "auto" and torch.cuda.is_available())
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        import torch.distributed as tdist
+
+        d = Dist(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ["WORLD_SIZE"]))
+        if not tdist.is_initialized():
+            tdist.init_process_group(backend="nccl" if want_cuda else "gloo")
+        device = torch.device(f"cuda:{d.local_rank}") if want_cuda else torch.device("cpu")
+        if want_cuda:
+            torch.cuda.set_device(device)
+        return d, device
+    return Dist(), torch.device("cuda" if want_cuda else "cpu")
+
+
+def autocast_dtype(pref: str, device: torch.device) -> torch.dtype:
+    if pref == "float32":
+        return torch.float32
+    if pref == "bfloat16" or device.type == "cpu":
+        return torch.bfloat16
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+
+
+def measure_peak_flops(device: torch.device, dtype: torch.dtype) -> float:
+    """Achieved matmul FLOP/s on this device in this dtype: the yardstick for MFU when no peak is given."""
+    n = 4096 if device.type == "cuda" else 1024
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < 0.5:
+        a @ b
+        reps += 1
+    sync()
+    return 2 * n**3 * reps / (time.perf_counter() - t0)
+
+
+def lr_at(step: int, cfg: PretrainConfig) -> float:
+    """Linear warmup to cfg.lr, then cosine decay to cfg.min_lr at cfg.max_steps."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if step >= cfg.max_steps:
+        return cfg.min_lr
+    progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
+
+
+# -------------------------------------------------------------------------------------------- trainer
+@dataclass
+class Trainer:
+    model_config: GPTConfig
+    cfg: PretrainConfig
+    seed: int
+    train: TokenData
+    val: TokenData | None
+    source_names: list[str]
+    tokens_per_byte: dict[str, float]  # per source, from the validation split, for bits per byte
+    checkpoint: Path
+    log: Callable[[dict[str, float], int], None] = lambda metrics, step: None
+    sample: Callable[[GPT, int], None] | None = None
+    dist: Dist = field(default_factory=Dist)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        torch.manual_seed(self.seed)
+        self.model = GPT(self.model_config).to(self.device)
+        self.dtype = autocast_dtype(self.cfg.dtype, self.device)
+        self.optimizer = self.model.configure_optimizer(
+            self.cfg.weight_decay, self.cfg.lr, (self.cfg.beta1, self.cfg.beta2)
+        )
+        self.batches = TrainBatches(self.train, self.model_config.block_size, self.cfg.batch_size, self.seed)
+        self.step = 0
+        self.tokens = 0
+        self.elapsed = 0.0
+        self.windows = {}
+        if self.val is not None:
+            for i, name in enumerate(self.source_names):
+                w = source_windows(self.val, i, self.model_config.block_size, self.cfg.eval_windows)
+                if len(w):
+                    self.windows[name] = w
+        self.resumed_from = -1
+        if self.cfg.resume and self.checkpoint.is_file():
+            self._restore(load_checkpoint(self.checkpoint, self.model_config.to_dict()))
+        self.runner: torch.nn.Module = self.model
+        if self.cfg.compile:
+            self.runner = torch.compile(self.model)
+        if self.dist.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.runner = DistributedDataParallel(self.runner, device_ids=ids)
+
+    # -- checkpoints
+    def _state(self) -> dict[str, Any]:
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "model_config": self.model_config.to_dict(),
+            "step": self.step,
+            "tokens": self.tokens,
+            "elapsed": self.elapsed,
+            "history": self.history,
+            "rng_cpu": torch.get_rng_state(),
+        }
+        if self.device.type == "cuda":
+            state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.tokens, self.elapsed = state["step"], state["tokens"], state["elapsed"]
+        self.history = list(state["history"])
+        torch.set_rng_state(state["rng_cpu"])
+        if "rng_cuda" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng_cuda"], self.device)
+        self.resumed_from = self.step
+
+    def save(self) -> None:
+        if self.dist.main:
+            save_checkpoint(self.checkpoint, self._state())
+
+    # -- evaluation
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        self.model.eval()
+        out: dict[str, float] = {}
+        total_loss = total_tokens = 0.0
+        for name, windows in self.windows.items():
+            loss_sum = n_tok = 0.0
+            for chunk in windows.split(self.cfg.batch_size):
+                chunk = chunk.to(self.device)
+                x, y = chunk[:, :-1].clamp(min=0), chunk[:, 1:]
+                with self._autocast():
+                    logits, _ = self.model(x)
+                loss_sum += F.cross_entropy(
+                    logits.float().view(-1, logits.size(-1)), y.reshape(-1), ignore_index=-1, reduction="sum"
+                ).item()
+                n_tok += (y != -1).sum().item()
+            loss = loss_sum / max(n_tok, 1)
+            out[f"val/{name}/loss"] = loss
+            out[f"val/{name}/bpb"] = loss / math.log(2) * self.tokens_per_byte.get(name, float("nan"))
+            total_loss += loss_sum
+            total_tokens += n_tok
+        if total_tokens:
+            out["val/loss"] = total_loss / total_tokens
+        self.model.train()
+        return out
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    # -- training
+    def train_step(self) -> float:
+        """One optimizer step over the global batch; returns the mean micro-batch loss."""
+        cfg, accum = self.cfg, self.cfg.grad_accum
+        lr = lr_at(self.step, cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        total = 0.0
+        for a in range(accum):
+            x, y = self.batches.get(self.step, self.dist.rank * accum + a)
+            x, y = x.to(self.device), y.to(self.device)
+            sync = a == accum - 1 or self.dist.world_size == 1
+            ctx = contextlib.nullcontext() if sync else self.runner.no_sync()
+            with ctx, self._autocast():
+                _, loss = self.runner(x, y)
+            (loss / accum).backward()
+            total += loss.item()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = total / accum
+        if self.dist.world_size > 1:
+            import torch.distributed as tdist
+
+            t = torch.tensor([loss], device=self.device)
+            tdist.all_reduce(t)
+            loss = t.item() / self.dist.world_size
+        return loss
+
+    def run(self, peak_flops: float) -> dict[str, float]:
+        cfg = self.cfg
+        tokens_per_step = cfg.batch_size * cfg.grad_accum * self.dist.world_size * self.model_config.block_size
+        flops_per_token = self.model.flops_per_token()
+        t_start = time.perf_counter()
+        t_log, tok_log, losses = time.perf_counter(), 0, []
+        last: dict[str, float] = {}
+        while self.step < cfg.max_steps:
+            if cfg.max_minutes is not None and self._stop_for_time(t_start):
+                break
+            loss = self.train_step()
+            self.step += 1
+            self.tokens += tokens_per_step
+            tok_log += tokens_per_step
+            losses.append(loss)
+            if self.step % cfg.log_interval == 0 or self.step == cfg.max_steps:
+                dt = time.perf_counter() - t_log
+                tps = tok_log / dt
+                last = {
+                    "train/loss": sum(losses) / len(losses),
+                    "train/lr": lr_at(self.step - 1, cfg),
+                    "perf/tokens_per_s": tps,
+                    "perf/mfu": tps * flops_per_token / (peak_flops * self.dist.world_size),
+                }
+                self.history.append({"step": self.step, **{k: float(v) for k, v in last.items()}})
+                if self.dist.main:
+                    self.log(last, self.step)
+                t_log, tok_log, losses = time.perf_counter(), 0, []
+            if cfg.eval_interval and (self.step % cfg.eval_interval == 0 or self.step == cfg.max_steps):
+                self._eval_and_log()
+            if cfg.checkpoint_interval and self.step % cfg.checkpoint_interval == 0:
+                self.elapsed += time.perf_counter() - t_start
+                t_start = time.perf_counter()
+                self.save()
+        self.elapsed += time.perf_counter() - t_start
+        final = self.evaluate() if self.windows else {}
+        if final and self.dist.main:
+            self.log(final, self.step)
+        self.save()
+        return {**last, **final, "steps": self.step, "tokens": self.tokens}
+
+    def _eval_and_log(self) -> None:
+        metrics = self.evaluate()
+        if metrics:
+            self.history.append({"step": self.step, **metrics})
+            if self.dist.main:
+                self.log(metrics, self.step)
+        if self.sample is not None and self.dist.main:
+            self.sample(self.model, self.step)
+
+    def _stop_for_time(self, t_start: float) -> bool:
+        """All ranks stop together once the minutes budget (over all resumed runs) is spent."""
+        over = self.elapsed + time.perf_counter() - t_start >= 60 * self.cfg.max_minutes
+        if self.dist.world_size > 1:
+            import torch.distributed as tdist
+
+            flag = torch.tensor([int(over)], device=self.device)
+            tdist.broadcast(flag, 0)
+            over = bool(flag.item())
+        return over

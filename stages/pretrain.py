@@ -1,0 +1,162 @@
+"""pretrain: a GPT (gpt1 / gpt2 / gpt3 architecture) trained on the tokenized mix.
+
+Resumable: checkpoints live in checkpoints/pretrain/<run key>/ (outside the stage's output, which
+DVC clears before a run), so `dvc repro` after a kill continues where it stopped. With
+`pretrain.nproc_per_node > 1` the stage relaunches itself under torchrun and trains with DDP.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.config import PretrainConfig, load_params
+from pipeline.errors import LineageError
+from pipeline.io import write_csv
+from pipeline.model.gpt import GPT, GPTConfig
+from pipeline.stage import StageContext, main
+from pipeline.train.loop import Trainer, measure_peak_flops, setup_distributed
+
+# settings that do not change what is learned: a checkpoint made under other values still applies
+NOT_IN_RUN_KEY = {
+    "max_minutes", "resume", "log_interval", "eval_interval", "eval_windows", "checkpoint_interval", "device",
+    "compile", "peak_flops", "sample_tokens", "sample_prompts", "temperature", "top_k", "top_p", "export_hf",
+}  # fmt: skip
+
+
+def model_config(cfg: PretrainConfig, vocab_size: int) -> GPTConfig:
+    return GPTConfig(
+        arch=cfg.arch, vocab_size=vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
+        n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias, window=cfg.window,
+    )  # fmt: skip
+
+
+def run_key(cfg: PretrainConfig, seed: int, tok_dir: Path) -> str:
+    """Identifies a training run: same key, same checkpoint lineage."""
+    settings = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in NOT_IN_RUN_KEY}
+    h = hashlib.sha256(json.dumps({"cfg": settings, "seed": seed}, sort_keys=True).encode())
+    h.update((tok_dir / "tokenizer.json").read_bytes())
+    h.update(str((tok_dir / "train.bin").stat().st_size).encode())
+    return h.hexdigest()[:16]
+
+
+def make_sampler(ctx: StageContext, tokenizer: Any, cfg: PretrainConfig, device: torch.device, samples: list[str]):
+    eot = tokenizer.token_to_id("<|endoftext|>")
+
+    def sample(model: GPT, step: int) -> None:
+        if not cfg.sample_tokens:
+            return
+        gen = torch.Generator(device=device).manual_seed(step)
+        texts = []
+        for prompt in cfg.sample_prompts:
+            ids = tokenizer.encode(prompt).ids or [eot]
+            out = model.generate(
+                torch.tensor([ids], device=device), cfg.sample_tokens, temperature=cfg.temperature,
+                top_k=cfg.top_k, top_p=cfg.top_p, generator=gen, eos_token=eot,
+            )  # fmt: skip
+            texts.append(tokenizer.decode(out[0].tolist()))
+        block = f"## step {step}\n\n" + "\n\n---\n\n".join(texts) + "\n"
+        samples.append(block)
+        if ctx.tracker is not None:
+            ctx.tracker.log_text(block, f"samples/step_{step:06d}.txt")
+
+    return sample
+
+
+def body(ctx: StageContext) -> dict[str, Any]:
+    from pipeline.tokenizer import load_tokenizer, open_tokens, read_meta
+
+    cfg, seed = ctx.params.pretrain, ctx.params.common.seed
+    tok_dir = ctx.input("tokenize")
+    meta = read_meta(tok_dir)
+    train = open_tokens(tok_dir, "train")
+    val = open_tokens(tok_dir, "val") if (tok_dir / "val.bin").is_file() else None
+    try:
+        mcfg = model_config(cfg, meta["vocab_size"])
+    except ValueError as e:
+        raise LineageError(f"pretrain: {e}") from None
+    sources = list(meta["sources"])
+    # tokens per byte of each source's validation text; the evaluated stream includes each
+    # document's end-of-text id, so those count as tokens too
+    tpb = {
+        s: (meta["val_tokens_per_source"][s] + meta["val_docs_per_source"][s]) / meta["val_bytes_per_source"][s]
+        for s in sources
+        if meta.get("val_bytes_per_source", {}).get(s)
+    }
+    dist, device = ctx.extra.get("dist"), ctx.extra.get("device")
+    if dist is None:
+        dist, device = setup_distributed(cfg.device)
+    tokenizer = load_tokenizer(tok_dir / "tokenizer.json")
+    checkpoint = ctx.root / "checkpoints" / "pretrain" / run_key(cfg, seed, tok_dir) / "ckpt.pt"
+    samples: list[str] = []
+    log = (lambda m, step: ctx.tracker.log_metrics(m, step=step)) if ctx.tracker else (lambda m, step: None)
+    trainer = Trainer(
+        mcfg, cfg, seed, train, val, sources, tpb, checkpoint, log=log,
+        sample=make_sampler(ctx, tokenizer, cfg, device, samples), dist=dist, device=device,
+    )  # fmt: skip
+    peak = cfg.peak_flops or measure_peak_flops(device, trainer.dtype)
+    result = trainer.run(peak)
+    if not dist.main:
+        return result
+    from pipeline.model.export import export_hf, save_model
+
+    save_model(trainer.model, ctx.out / "model")
+    if cfg.export_hf:
+        try:
+            export_hf(trainer.model, ctx.out / "hf", tok_dir / "tokenizer.json")
+        except LineageError as e:  # e.g. gpt3 with biases has no exact GPT-Neo equivalent
+            print(f"pretrain: Hugging Face export skipped: {e}", file=sys.stderr)
+    (ctx.out / "samples.md").write_text("\n".join(samples))
+    train_rows = [{"step": h["step"], "loss": h["train/loss"], "lr": h["train/lr"]} for h in trainer.history if "train/loss" in h]
+    val_rows = [{"step": h["step"], "loss": h["val/loss"]} for h in trainer.history if "val/loss" in h]
+    write_csv(ctx.out / "plots" / "train.csv", train_rows)
+    write_csv(ctx.out / "plots" / "val.csv", val_rows)
+    if ctx.tracker is not None:
+        ctx.tracker.log_model(trainer.model, "gpt-lineage-pretrain")
+    return {
+        "model": {"arch": cfg.arch, "params": trainer.model.num_params(), "flops_per_token": trainer.model.flops_per_token()},
+        "train": {"loss": result.get("train/loss", float("nan")), "steps": result["steps"], "tokens": result["tokens"]},
+        "val": {k.removeprefix("val/"): v for k, v in result.items() if k.startswith("val/")},
+        "perf": {
+            "tokens_per_s": result.get("perf/tokens_per_s", 0.0),
+            "mfu": result.get("perf/mfu", 0.0),
+            "peak_flops": peak,
+            "train_s": trainer.elapsed,
+            "resumed_from_step": trainer.resumed_from,
+            "device": str(device),
+            "dtype": str(trainer.dtype).removeprefix("torch."),
+            "world_size": dist.world_size,
+        },
+    }
+
+
+def launch(argv: list[str] | None = None) -> int:
+    """Entry point: relaunch under torchrun when asked, run non-zero ranks without tracking."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "RANK" not in os.environ:
+        params_path = args[args.index("--params") + 1] if "--params" in args else "params.yaml"
+        try:
+            nproc = load_params(params_path).pretrain.nproc_per_node
+        except LineageError as e:
+            print(f"error: pretrain: {e}", file=sys.stderr)
+            return 1
+        if nproc > 1:
+            torchrun = Path(sys.executable).with_name("torchrun")
+            cmd = [str(torchrun), "--standalone", f"--nproc_per_node={nproc}", "-m", "stages.pretrain", *args]
+            return subprocess.call(cmd)
+    if int(os.environ.get("RANK", 0)) != 0:
+        from pipeline.stage import run_worker
+
+        return run_worker("pretrain", body, args)
+    return main("pretrain", body, args)
+
+
+if __name__ == "__main__":
+    sys.exit(launch())
