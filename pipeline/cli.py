@@ -150,7 +150,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
         model.load_state_dict(state["model"])
     else:
         model = load_model(root / "data" / args.stage / "model")
-    tokenizer = load_tokenizer(Path(args.tokenizer) if args.tokenizer else root / "data" / "tokenize" / "tokenizer.json")
+    tokenizer = load_tokenizer(
+        Path(args.tokenizer) if args.tokenizer else root / "data" / "tokenize" / "tokenizer.json"
+    )
     model.eval()
     eot = tokenizer.token_to_id("<|endoftext|>")
     gen = torch.Generator().manual_seed(args.seed)
@@ -175,10 +177,14 @@ def main(argv: list[str] | None = None) -> int:
     run.set_defaults(fn=cmd_run)
     sub.add_parser("status", help="dvc status and dvc metrics show").set_defaults(fn=cmd_status)
     sm = sub.add_parser("sample", help="print generations from a stage's model")
-    sm.add_argument("--stage", default="pretrain", help="stage whose data/<stage>/model to load (default: pretrain)")
+    sm.add_argument(
+        "--stage", default="pretrain", help="stage whose data/<stage>/model to load (default: pretrain)"
+    )
     sm.add_argument("--checkpoint", help="a training checkpoint (ckpt.pt) instead of a stage's model")
     sm.add_argument("--tokenizer", help="tokenizer.json (default: data/tokenize/tokenizer.json)")
-    sm.add_argument("--prompt", action="append", help="prompt text (repeatable; default: start of a document)")
+    sm.add_argument(
+        "--prompt", action="append", help="prompt text (repeatable; default: start of a document)"
+    )
     sm.add_argument("--tokens", type=int, default=100)
     sm.add_argument("--num-samples", type=int, default=1)
     sm.add_argument("--temperature", type=float, default=0.8)

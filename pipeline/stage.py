@@ -77,7 +77,16 @@ def run_worker(stage: str, body: Callable[[StageContext], dict[str, Any]], argv:
         params = load_params(root / args.params)
         setup_env(params.common)
         with tempfile.TemporaryDirectory() as out:
-            body(StageContext(stage, params, root, Path(out), Orchestrator(params.common.model_copy(update={"task_runner": "sync"})), None))
+            body(
+                StageContext(
+                    stage,
+                    params,
+                    root,
+                    Path(out),
+                    Orchestrator(params.common.model_copy(update={"task_runner": "sync"})),
+                    None,
+                )
+            )
     except LineageError as e:
         print(f"error: {stage}: {e}", file=sys.stderr)
         return 1

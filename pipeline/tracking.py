@@ -68,8 +68,10 @@ class Tracker:
         import mlflow.pytorch
         import torch
 
+        # the registry copy is MLflow's pickle flavour (what mlflow.pytorch.load_model reads); the
+        # pipeline itself only ever loads the safetensors files in data/<stage>/model
         mlflow.pytorch.log_model(
-            model, name="model", registered_model_name=registered_name,
+            model, name="model", registered_model_name=registered_name, serialization_format="pickle",
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
         )  # fmt: skip
 

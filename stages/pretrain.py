@@ -47,7 +47,9 @@ def run_key(cfg: PretrainConfig, seed: int, tok_dir: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def make_sampler(ctx: StageContext, tokenizer: Any, cfg: PretrainConfig, device: torch.device, samples: list[str]):
+def make_sampler(
+    ctx: StageContext, tokenizer: Any, cfg: PretrainConfig, device: torch.device, samples: list[str]
+):
     eot = tokenizer.token_to_id("<|endoftext|>")
 
     def sample(model: GPT, step: int) -> None:
@@ -86,7 +88,8 @@ def body(ctx: StageContext) -> dict[str, Any]:
     # tokens per byte of each source's validation text; the evaluated stream includes each
     # document's end-of-text id, so those count as tokens too
     tpb = {
-        s: (meta["val_tokens_per_source"][s] + meta["val_docs_per_source"][s]) / meta["val_bytes_per_source"][s]
+        s: (meta["val_tokens_per_source"][s] + meta["val_docs_per_source"][s])
+        / meta["val_bytes_per_source"][s]
         for s in sources
         if meta.get("val_bytes_per_source", {}).get(s)
     }
@@ -114,16 +117,35 @@ def body(ctx: StageContext) -> dict[str, Any]:
         except LineageError as e:  # e.g. gpt3 with biases has no exact GPT-Neo equivalent
             print(f"pretrain: Hugging Face export skipped: {e}", file=sys.stderr)
     (ctx.out / "samples.md").write_text("\n".join(samples))
-    train_rows = [{"step": h["step"], "loss": h["train/loss"], "lr": h["train/lr"]} for h in trainer.history if "train/loss" in h]
+    train_rows = [
+        {"step": h["step"], "loss": h["train/loss"], "lr": h["train/lr"]}
+        for h in trainer.history
+        if "train/loss" in h
+    ]
     val_rows = [{"step": h["step"], "loss": h["val/loss"]} for h in trainer.history if "val/loss" in h]
     write_csv(ctx.out / "plots" / "train.csv", train_rows)
     write_csv(ctx.out / "plots" / "val.csv", val_rows)
     if ctx.tracker is not None:
         ctx.tracker.log_model(trainer.model, "gpt-lineage-pretrain")
     return {
-        "model": {"arch": cfg.arch, "params": trainer.model.num_params(), "flops_per_token": trainer.model.flops_per_token()},
-        "train": {"loss": result.get("train/loss", float("nan")), "steps": result["steps"], "tokens": result["tokens"]},
-        "val": {k.removeprefix("val/"): v for k, v in result.items() if k.startswith("val/")},
+        "model": {
+            "arch": cfg.arch,
+            "params": trainer.model.num_params(),
+            "flops_per_token": trainer.model.flops_per_token(),
+        },
+        "train": {
+            "loss": result.get("train/loss", float("nan")),
+            "steps": result["steps"],
+            "tokens": result["tokens"],
+        },
+        "val": {
+            "loss": result.get("val/loss", float("nan")),
+            "sources": {
+                s: {"loss": result[f"val/{s}/loss"], "bpb": result[f"val/{s}/bpb"]}
+                for s in sources
+                if f"val/{s}/loss" in result
+            },
+        },
         "perf": {
             "tokens_per_s": result.get("perf/tokens_per_s", 0.0),
             "mfu": result.get("perf/mfu", 0.0),

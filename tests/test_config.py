@@ -8,16 +8,22 @@ from pipeline.errors import LineageError
 from tests.conftest import ROOT, files_params
 
 
-def test_shipped_params_and_tiny_profile_validate():
+def test_shipped_params_validate():
     params = load_params(ROOT / "params.yaml")
     assert params.quality.alpha == 9.0
     assert params.quality.n_features == 2**18
-    tiny = yaml.safe_load((ROOT / "profiles" / "tiny.yaml").read_text())
-    merged = deep_merge(yaml.safe_load((ROOT / "params.yaml").read_text()), tiny)
-    assert (
-        parse_params(merged).crawl.sources["pydoc_web"].max_pages
-        == tiny["crawl"]["sources"]["pydoc_web"]["max_pages"]
-    )
+
+
+@pytest.mark.parametrize("profile", sorted(p.stem for p in (ROOT / "profiles").glob("*.yaml")))
+def test_every_profile_validates_over_params(profile: str):
+    over = yaml.safe_load((ROOT / "profiles" / f"{profile}.yaml").read_text())
+    merged = parse_params(deep_merge(yaml.safe_load((ROOT / "params.yaml").read_text()), over))
+    for key, value in flatten(over).items():
+        section, *rest = key.split(".")
+        got = getattr(merged, section).model_dump(mode="json")
+        for part in rest:
+            got = got[part] if isinstance(got, dict) else got
+        assert got == value or str(got) == str(value), key
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import ROOT
 
-STAGES = ["crawl", "clean", "quality", "dedup", "mix"]
+STAGES = ["crawl", "clean", "quality", "dedup", "mix", "tokenize", "pretrain"]
 BIN = Path(sys.executable).parent
 
 
@@ -63,7 +63,7 @@ def test_tiny_profile_runs_the_dag_then_reruns_only_what_changed(repo: Path):
     exp = sh(["dvc", "exp", "run", "-S", "quality.alpha=3"], repo)
     assert exp.returncode == 0, exp.stdout[-3000:] + exp.stderr[-3000:]
     ran = [s for s in STAGES if f"Running stage '{s}'" in exp.stdout]
-    assert ran == ["quality", "dedup", "mix"]
+    assert ran == ["quality", "dedup", "mix", "tokenize", "pretrain"]  # crawl and clean are untouched
 
     shown = sh(["dvc", "metrics", "show", "--json"], repo)
     assert shown.returncode == 0

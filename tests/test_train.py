@@ -32,7 +32,9 @@ def token_split(n_docs: int = 40, seed: int = 0) -> TokenData:
         docs.append(((start + step * np.arange(n)) % (VOCAB - 1) + 1).astype(np.uint16))
         docs[-1] = np.append(docs[-1], 0)  # end of text
     offsets = np.cumsum([0] + [len(d) for d in docs])
-    return TokenData(np.concatenate(docs), offsets, (np.arange(n_docs) % 2).astype(np.int16), np.dtype(np.uint16))
+    return TokenData(
+        np.concatenate(docs), offsets, (np.arange(n_docs) % 2).astype(np.int16), np.dtype(np.uint16)
+    )
 
 
 def make_trainer(tmp: Path, arch: str = "gpt2", **over) -> Trainer:
@@ -105,7 +107,9 @@ def test_schedule_warms_up_then_decays():
 
 
 def test_block_size_longer_than_the_data_is_one_clear_error():
-    with pytest.raises(LineageError, match=r"pretrain\.block_size: 4096 needs more than 4097 training tokens"):
+    with pytest.raises(
+        LineageError, match=r"pretrain\.block_size: 4096 needs more than 4097 training tokens"
+    ):
         TrainBatches(token_split(5), 4096, 4, 0)
 
 
@@ -113,8 +117,12 @@ def test_checkpoint_from_another_arch_or_corrupted(tmp_path):
     t = make_trainer(tmp_path, max_steps=2)
     t.run(peak_flops=1e11)
     state = load_checkpoint(tmp_path / "ckpt.pt")
-    other = GPTConfig(arch="gpt1", vocab_size=VOCAB, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.1)
-    with pytest.raises(LineageError, match=r"checkpoint is for another model \(arch='gpt2', this run has arch='gpt1'\)"):
+    other = GPTConfig(
+        arch="gpt1", vocab_size=VOCAB, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.1
+    )
+    with pytest.raises(
+        LineageError, match=r"checkpoint is for another model \(arch='gpt2', this run has arch='gpt1'\)"
+    ):
         load_checkpoint(tmp_path / "ckpt.pt", other.to_dict())
     raw = (tmp_path / "ckpt.pt").read_bytes()
     (tmp_path / "bad.pt").write_bytes(raw[: len(raw) // 3])

@@ -30,7 +30,9 @@ def load_checkpoint(path: Path, model_config: dict[str, Any] | None = None) -> d
     except FileNotFoundError:
         raise LineageError(f"{path}: checkpoint not found") from None
     except Exception as e:  # truncated zip, bad pickle opcodes, foreign files
-        raise LineageError(f"{path}: corrupted or not a checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+        raise LineageError(
+            f"{path}: corrupted or not a checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+        ) from None
     if not isinstance(state, dict) or "model" not in state or "model_config" not in state:
         raise LineageError(f"{path}: not a gpt-lineage checkpoint (no model/model_config entries)")
     if model_config is not None and state["model_config"] != model_config:

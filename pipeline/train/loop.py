@@ -227,7 +227,9 @@ class Trainer:
 
     def run(self, peak_flops: float) -> dict[str, float]:
         cfg = self.cfg
-        tokens_per_step = cfg.batch_size * cfg.grad_accum * self.dist.world_size * self.model_config.block_size
+        tokens_per_step = (
+            cfg.batch_size * cfg.grad_accum * self.dist.world_size * self.model_config.block_size
+        )
         flops_per_token = self.model.flops_per_token()
         t_start = time.perf_counter()
         t_log, tok_log, losses = time.perf_counter(), 0, []
