@@ -377,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
             "platform": platform.platform(),
         },
+        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
         "repeats": args.repeats,
         "statistic": "best of repeats (median also recorded)",
     }
@@ -408,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
     results["total_s"] = round(time.perf_counter() - t_start, 1)
+    results["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
 
     print(report(results))
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -539,7 +541,10 @@ def report(r: dict[str, Any]) -> str:
             "with counts) vs gold articleBody; mean over pages, empty output = 0"
         )
         out.append(table(["extractor", "P", "R", "F1", "empty", "seconds"], erows))
-    out.append(f"\ntotal {r['total_s']}s")
+    out.append(
+        f"\ntotal {r['total_s']}s; 1-min load average {r['loadavg_start'][0]} at start, {r['loadavg_end'][0]} at end "
+        f"({r['machine']['cpu_count']} CPUs; this benchmark itself keeps one busy)"
+    )
     return "\n".join(out)
 
 

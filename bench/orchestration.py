@@ -108,7 +108,7 @@ def make_root(root: Path, tmp: Path, stage: str, ups: list[str], rows: int) -> P
     for name in CODE:
         src = root / name
         if src.is_dir():
-            shutil.copytree(src, sroot / name, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(src, sroot / name)
         elif src.is_file():
             shutil.copy2(src, sroot / name)
     for up in ups:
@@ -195,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
             "platform": platform.platform(),
         },
+        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
         "repeats": args.repeats,
         "statistic": "median over repeats",
         "tiny_profile": args.tiny,
@@ -271,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
     results["summary"] = summarise(results["runs"], args.stages)
     results["total_s"] = round(time.perf_counter() - t_start, 1)
+    results["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     print(report(results))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
@@ -353,7 +355,10 @@ def report(r: dict[str, Any]) -> str:
         ["stage", "sync", "server", "delta", "flow", "no server", "delta", "flow", f"server <= {GOAL_S:g}s"],
         rows,
     )
-    tail = f"\ntotal benchmark time {r['total_s']}s"
+    tail = (
+        f"\ntotal benchmark time {r['total_s']}s; 1-min load average {r['loadavg_start'][0]} at start, "
+        f"{r['loadavg_end'][0]} at end ({r['machine']['cpu_count']} CPUs)"
+    )
     if r["errors"]:
         tail += "\nerrors:\n  " + "\n  ".join(r["errors"])
     return f"{head}\n{body}{tail}"

@@ -12,11 +12,14 @@ under bf16 autocast and in plain fp32:
           (through pipeline.model.export.to_hf), AdamW with the same groups and settings; the loss is
           HF's own (``labels=input_ids``, shifted inside the model) unless --hf-loss external
 
-The contenders alternate round by round (ours, hf, ours, hf, ...); every round warms up for a few
-steps and then times each step with time.perf_counter. On CPU every op runs synchronously, so the
-forward / backward / clip / optimizer split of each timed step is exact and comes for free.
-MFU = tokens/s x flops_per_token (GPT.flops_per_token of our model, the same shape for both) / peak,
-where the peak is measure_peak_flops (a 1024^3 matmul) in the same dtype, taken once per round.
+After a few warm-up steps each, the two alternate step by step (ours, hf, hf, ours, ours, hf, ...),
+each step timed with time.perf_counter, so both see the same machine even when other processes come
+and go. On CPU every op runs synchronously, so the forward / backward / clip / optimizer split of each
+timed step is exact and comes for free. Reported: median and best tokens/s of each, and ours/HF as the
+ratio of the medians, of the bests, and the median of the per-pair ratios (the one least disturbed
+by other load). MFU = tokens/s x flops_per_token (GPT.flops_per_token of our model, the same shape
+for both) / peak, where the peak is measure_peak_flops (a 1024^3 matmul) in the same dtype, sampled
+every few step pairs; the best sample counts as the peak.
 
 Batches are random token ids from a seeded generator (throughput does not depend on the ids); both
 contenders see the same batches in the same order. Results: a table on stdout and
@@ -101,7 +104,7 @@ class Contender:
         self.params = [p for p in model.parameters() if p.requires_grad]
 
     def step(self, x: torch.Tensor, y: torch.Tensor, dtype: torch.dtype) -> dict[str, float]:
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         with autocast(dtype):
             loss = self.loss_fn(x, y)
         t1 = time.perf_counter()
@@ -113,8 +116,15 @@ class Contender:
         t3 = time.perf_counter()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        t4 = time.perf_counter()
-        return {"forward": t1 - t0, "backward": t2 - t1, "clip": t3 - t2, "optimizer": t4 - t3, "total": t4 - t0}
+        t4, c4 = time.perf_counter(), time.process_time()
+        return {
+            "forward": t1 - t0,
+            "backward": t2 - t1,
+            "clip": t3 - t2,
+            "optimizer": t4 - t3,
+            "total": t4 - t0,
+            "cpu": c4 - c0,  # process CPU time, all threads (OpenMP spin-waits included)
+        }
 
 
 def build(args: argparse.Namespace) -> tuple[GPT, dict[str, Contender], dict[str, Any]]:
@@ -224,35 +234,73 @@ def summarize(steps: list[dict[str, float]], tokens_per_step: int) -> dict[str, 
     return {
         "steps_timed": len(steps),
         "tokens_per_s_median": statistics.median(tps),
-        "tokens_per_s_min": min(tps),
-        "tokens_per_s_max": max(tps),
+        "tokens_per_s_best": max(tps),
+        "tokens_per_s_worst": min(tps),
         "ms_per_step_median": 1e3 * statistics.median(s["total"] for s in steps),
+        "ms_per_step_best": 1e3 * min(s["total"] for s in steps),
         "phase_ms_median": {p: 1e3 * statistics.median(s[p] for s in steps) for p in PHASES},
+        "phase_ms_best": {p: 1e3 * min(s[p] for s in steps) for p in PHASES},
+        "cpu_s_per_step_median": statistics.median(s["cpu"] for s in steps),
         "step_s": [round(s["total"], 5) for s in steps],
     }
 
 
-def profile(contender: Contender, data: list, dtype: torch.dtype, steps: int, rows: int) -> list[dict]:
-    """torch.profiler over ``steps`` steps: the ops with the most self CPU time."""
+def profile(
+    contenders: dict[str, Contender], data: list, dtype: torch.dtype, steps: int, rows: int
+) -> dict[str, list[dict[str, Any]]]:
+    """torch.profiler, one step at a time, the contenders alternating: the ops with the most self
+    CPU time per step (summed over the profiled steps, then divided by their number)."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    for i in range(2):  # warm up in this dtype
-        contender.step(*data[i % len(data)], dtype)
-    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
-        for i in range(steps):
-            contender.step(*data[i % len(data)], dtype)
-    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
-    total = sum(e.self_cpu_time_total for e in events) or 1.0
-    return [
-        {
-            "op": e.key,
-            "self_cpu_ms_per_step": e.self_cpu_time_total / 1e3 / steps,
-            "share": e.self_cpu_time_total / total,
-            "calls_per_step": e.count / steps,
-        }
-        for e in events[:rows]
-    ]
+    self_us: dict[str, dict[str, float]] = {name: {} for name in contenders}
+    calls: dict[str, dict[str, int]] = {name: {} for name in contenders}
+    for i in range(steps):
+        for name, c in contenders.items():
+            with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+                c.step(*data[i % len(data)], dtype)
+            for e in prof.key_averages():
+                self_us[name][e.key] = self_us[name].get(e.key, 0.0) + e.self_cpu_time_total
+                calls[name][e.key] = calls[name].get(e.key, 0) + e.count
+    out = {}
+    for name, ops in self_us.items():
+        total = sum(ops.values()) or 1.0
+        top = sorted(ops, key=ops.get, reverse=True)[:rows]
+        out[name] = [
+            {
+                "op": op,
+                "self_cpu_ms_per_step": ops[op] / 1e3 / steps,
+                "share": ops[op] / total,
+                "calls_per_step": calls[name][op] / steps,
+            }
+            for op in top
+        ]
+    return out
+
+
+def measure(
+    contenders: dict[str, Contender], data: list, dtype: torch.dtype, args: argparse.Namespace
+) -> tuple[dict[str, list[dict[str, float]]], list[float], list[float]]:
+    """Warm up, then time single steps alternately (ours, hf, hf, ours, ours, hf, ...: the order
+    flips every pair) so both see the same machine; the peak is sampled every --peak-every pairs."""
+    names = list(contenders)
+    k = 0
+    for _ in range(args.warmup):
+        for name in names:
+            contenders[name].step(*data[k % len(data)], dtype)
+        k += 1
+    steps: dict[str, list[dict[str, float]]] = {name: [] for name in names}
+    ratios: list[float] = []  # per pair: hf step time / our step time
+    peaks = [measure_peak_flops(torch.device("cpu"), dtype)]
+    for i in range(args.steps):
+        order = names if i % 2 == 0 else names[::-1]
+        for name in order:
+            steps[name].append(contenders[name].step(*data[k % len(data)], dtype))
+        k += 1
+        ratios.append(steps["hf"][-1]["total"] / steps["ours"][-1]["total"])
+        if (i + 1) % args.peak_every == 0 or i + 1 == args.steps:
+            peaks.append(measure_peak_flops(torch.device("cpu"), dtype))
+    return steps, ratios, peaks
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -265,9 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vocab-size", type=int, default=4096)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--dtypes", default="bfloat16,float32", help="comma separated: bfloat16, float32")
-    ap.add_argument("--rounds", type=int, default=4, help="alternations per dtype (ours, hf, ours, hf, ...)")
-    ap.add_argument("--steps", type=int, default=5, help="timed steps per contender per round")
-    ap.add_argument("--warmup", type=int, default=2, help="untimed steps per contender per round")
+    ap.add_argument("--steps", type=int, default=20, help="timed steps per model per dtype")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps per model per dtype")
+    ap.add_argument("--peak-every", type=int, default=5, help="sample the matmul peak every N step pairs")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch.set_num_threads")
     ap.add_argument("--lr", type=float, default=6e-4)
     ap.add_argument("--weight-decay", type=float, default=0.1)
@@ -286,11 +334,14 @@ def main(argv: list[str] | None = None) -> int:
     for d in dtypes:
         if d not in DTYPES:
             ap.error(f"unknown dtype {d!r}; expected bfloat16 or float32")
+    if args.steps < 1 or args.warmup < 0 or args.peak_every < 1:
+        ap.error("--steps and --peak-every must be >= 1, --warmup >= 0")
 
     torch.set_num_threads(args.threads)
+    load_start = loadavg()
     print(
         f"torch {torch.__version__}, torch.set_num_threads({args.threads}) -> {torch.get_num_threads()} "
-        f"threads; cpu: {cpu_name()} ({os.cpu_count()} logical cores); load average {loadavg()}"
+        f"threads; cpu: {cpu_name()} ({os.cpu_count()} logical cores); load average {load_start}"
     )
     t_start = time.perf_counter()
     ours, contenders, info = build(args)
@@ -311,50 +362,43 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, Any] = {}
     for dname in dtypes:
-        dtype = DTYPES[dname]
-        steps: dict[str, list[dict[str, float]]] = {name: [] for name in contenders}
-        peaks: list[float] = []
-        k = 0
-        for r in range(args.rounds):
-            peaks.append(measure_peak_flops(torch.device("cpu"), dtype))
-            for name, c in contenders.items():
-                for _ in range(args.warmup + (1 if r == 0 else 0)):
-                    c.step(*data[k % len(data)], dtype)
-                    k += 1
-                for _ in range(args.steps):
-                    steps[name].append(c.step(*data[k % len(data)], dtype))
-                    k += 1
-            done = ", ".join(
-                f"{n} {tokens_per_step / statistics.median(s['total'] for s in v[-args.steps :]):,.0f}"
-                for n, v in steps.items()
-            )
-            print(f"  {dname} round {r + 1}/{args.rounds}: tokens/s {done}")
-        peak = statistics.median(peaks)
+        t0 = time.perf_counter()
+        steps, ratios, peaks = measure(contenders, data, DTYPES[dname], args)
+        peak = max(peaks)  # a peak: the best sample (the others lost time to whatever else ran)
         res = {name: summarize(v, tokens_per_step) for name, v in steps.items()}
         for v in res.values():
-            v["mfu"] = v["tokens_per_s_median"] * info["flops_per_token"] / peak
+            v["mfu_median"] = v["tokens_per_s_median"] * info["flops_per_token"] / peak
+            v["mfu_best"] = v["tokens_per_s_best"] * info["flops_per_token"] / peak
         results[dname] = {
-            "peak_flops_median": peak,
+            "peak_flops": peak,
             "peak_flops_samples": peaks,
             **res,
-            "ratio_ours_over_hf": res["ours"]["tokens_per_s_median"] / res["hf"]["tokens_per_s_median"],
+            "ratio_of_medians": res["ours"]["tokens_per_s_median"] / res["hf"]["tokens_per_s_median"],
+            "ratio_of_bests": res["ours"]["tokens_per_s_best"] / res["hf"]["tokens_per_s_best"],
+            "ratio_median_of_pairs": statistics.median(ratios),
+            "pair_ratios": [round(r, 4) for r in ratios],
         }
+        print(
+            f"  {dname}: {args.steps} step pairs in {time.perf_counter() - t0:.0f} s; median tokens/s "
+            f"ours {res['ours']['tokens_per_s_median']:,.0f}, hf {res['hf']['tokens_per_s_median']:,.0f}"
+        )
 
     # where the time goes, by op, when ours is not clearly faster
     for dname in dtypes:
-        ratio = results[dname]["ratio_ours_over_hf"]
+        ratio = results[dname]["ratio_of_medians"]
         if args.profile == "always" or (args.profile == "auto" and ratio < 1.2):
-            print(f"  profiling {dname} ({args.profile_steps} steps each) ...")
-            results[dname]["profile_top_ops"] = {
-                name: profile(c, data, DTYPES[dname], args.profile_steps, 12) for name, c in contenders.items()
-            }
+            print(f"  profiling {dname} ({args.profile_steps} steps each, alternating) ...")
+            results[dname]["profile_top_ops"] = profile(
+                contenders, data, DTYPES[dname], args.profile_steps, 12
+            )
 
     wall = time.perf_counter() - t_start
+    load_end = loadavg()
     # ------------------------------------------------------------------------------------ the table
     print()
     head = (
-        f"{'dtype':<9} {'model':<30} {'tokens/s':>9} {'(min..max)':>15} {'ms/step':>8} "
-        f"{'fwd':>6} {'bwd':>6} {'clip':>5} {'opt':>5} {'MFU':>6}"
+        f"{'dtype':<9} {'model':<30} {'tok/s med':>9} {'tok/s best':>10} {'ms/step':>8} "
+        f"{'fwd':>5} {'bwd':>5} {'clip':>5} {'opt':>5} {'cpu s':>6} {'MFU med':>8} {'MFU best':>8}"
     )
     print(head)
     print("-" * len(head))
@@ -365,26 +409,36 @@ def main(argv: list[str] | None = None) -> int:
             s = r[name]
             ph = s["phase_ms_median"]
             print(
-                f"{dname:<9} {labels[name]:<30} {s['tokens_per_s_median']:>9,.0f} "
-                f"{s['tokens_per_s_min']:>7,.0f}..{s['tokens_per_s_max']:<6,.0f} {s['ms_per_step_median']:>8.1f} "
-                f"{ph['forward']:>6.1f} {ph['backward']:>6.1f} {ph['clip']:>5.1f} {ph['optimizer']:>5.1f} "
-                f"{100 * s['mfu']:>5.1f}%"
+                f"{dname:<9} {labels[name]:<30} {s['tokens_per_s_median']:>9,.0f} {s['tokens_per_s_best']:>10,.0f} "
+                f"{s['ms_per_step_median']:>8.0f} {ph['forward']:>5.0f} {ph['backward']:>5.0f} "
+                f"{ph['clip']:>5.0f} {ph['optimizer']:>5.0f} {s['cpu_s_per_step_median']:>6.2f} "
+                f"{100 * s['mfu_median']:>7.1f}% {100 * s['mfu_best']:>7.1f}%"
             )
         print(
-            f"{'':<9} ratio ours/HF = {r['ratio_ours_over_hf']:.3f}x (goal >= 1.2x); "
-            f"peak {r['peak_flops_median'] / 1e9:.1f} GFLOP/s ({dname} 1024^3 matmul, median of "
-            f"{len(r['peak_flops_samples'])})"
+            f"{'':<9} ours/HF: {r['ratio_of_medians']:.3f}x (medians), {r['ratio_median_of_pairs']:.3f}x "
+            f"(median of {len(r['pair_ratios'])} paired steps), {r['ratio_of_bests']:.3f}x (bests); goal >= 1.2x"
         )
-    print("(fwd/bwd/clip/opt: median ms of each phase; tokens/s and ms/step: median over timed steps)")
+        print(
+            f"{'':<9} peak {r['peak_flops'] / 1e9:.1f} GFLOP/s: measure_peak_flops({dname}), best of "
+            f"{len(r['peak_flops_samples'])} samples ({min(r['peak_flops_samples']) / 1e9:.1f} lowest)"
+        )
+    print(
+        "tok/s med/best: median/best over the timed steps (wall clock); ms/step, fwd/bwd/clip/opt: median ms "
+        "(total and each phase); cpu s: median process CPU seconds per step (all threads); MFU = tok/s x "
+        f"{info['flops_per_token'] / 1e6:.1f} MFLOP/token / peak. Load average {load_start} at start, "
+        f"{load_end} at end."
+    )
     for dname in dtypes:
         top = results[dname].get("profile_top_ops")
         if not top:
             continue
-        print(f"\ntop ops by self CPU time, {dname} (ms per step, share of the step):")
+        print(f"\ntop ops by self CPU time, {dname} (ms per step, share of the profiled time):")
         for name, ops in top.items():
             print(f"  {labels[name]}")
             for op in ops[:8]:
-                print(f"    {op['op'][:44]:<44} {op['self_cpu_ms_per_step']:>8.1f} ms {100 * op['share']:>5.1f}%")
+                print(
+                    f"    {op['op'][:60]:<60} {op['self_cpu_ms_per_step']:>8.1f} ms {100 * op['share']:>5.1f}%"
+                )
 
     report = {
         "bench": "train_throughput",
@@ -397,10 +451,13 @@ def main(argv: list[str] | None = None) -> int:
             "cpu": cpu_name(),
             "logical_cores": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
-            "loadavg_end": loadavg(),
+            "loadavg_start": load_start,
+            "loadavg_end": load_end,
         },
-        "args": {k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
-                 for k, v in vars(args).items()},  # fmt: skip
+        "args": {
+            k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
+            for k, v in vars(args).items()
+        },  # fmt: skip
         "tokens_per_step": tokens_per_step,
         "data": "random token ids (seeded), the same batches for both",
         **info,
