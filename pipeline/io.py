@@ -113,6 +113,18 @@ def write_shards(
     return paths
 
 
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line; a malformed line is one clear error."""
+    with Path(path).open() as fh:
+        for i, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield i, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise LineageError(f"{path}:{i}: not valid JSON: {e.msg}") from None
+
+
 def list_shards(directory: str | Path) -> list[Path]:
     directory = Path(directory)
     if not directory.is_dir():

@@ -29,6 +29,7 @@ from pipeline.tokenizer import (
     write_tokens,
 )
 from stages import tokenize
+from stages.mix import MIX_SCHEMA
 from tests.conftest import files_params, prose
 
 SPECIALS = TokenizeConfig().special_tokens
@@ -196,12 +197,6 @@ def test_write_tokens_refuses_ids_outside_the_vocabulary(tmp_path):
 
 
 # -------------------------------------------------------------------------------------------- stage
-MIX_SCHEMA = pa.schema(
-    [("id", pa.string()), ("source", pa.string()), ("text", pa.string()),
-     ("tokens", pa.int64()), ("epoch", pa.int32())]
-)  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def tracking(tmp_path_factory) -> dict:
     """One MLflow store for the stage runs here: creating a store is most of a small run's time."""

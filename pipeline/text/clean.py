@@ -9,18 +9,13 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline.config import CleanConfig
-from pipeline.io import read_rows, write_table
+from pipeline.io import DOC_SCHEMA, read_rows, write_table
 from pipeline.text.extract import extract_text, normalize_text
 from pipeline.text.filters import WORD_RE, drop_reason
 
 CLEAN_SCHEMA = pa.schema(
     [
-        ("id", pa.string()),
-        ("source", pa.string()),
-        ("role", pa.string()),
-        ("url", pa.string()),
-        ("text", pa.string()),
-        ("content_type", pa.string()),
+        *DOC_SCHEMA,
         ("extractor", pa.string()),
         ("words", pa.int64()),
     ]

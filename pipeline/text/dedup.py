@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -24,6 +23,7 @@ import numpy as np
 
 from pipeline.config import DedupConfig
 from pipeline.errors import LineageError
+from pipeline.io import iter_jsonl
 
 TOKEN_RE = re.compile(r"\w+")
 
@@ -147,13 +147,7 @@ def read_eval_texts(paths: list[str], root: Path, fields: list[str]) -> list[str
         if not path.is_file():
             raise LineageError(f"dedup.eval_files: {p} not found")
         if path.suffix == ".jsonl":
-            for i, line in enumerate(path.read_text().splitlines()):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise LineageError(f"{p}:{i + 1}: not valid JSON: {e.msg}") from None
+            for _, row in iter_jsonl(path):
                 texts.append(" ".join(_field_texts(row, fields)))
         elif path.suffix == ".parquet":
             for row in pq.read_table(path).to_pylist():

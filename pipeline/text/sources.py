@@ -11,7 +11,6 @@ import ast
 import glob
 import hashlib
 import io
-import json
 import re
 import subprocess
 import sys
@@ -25,15 +24,11 @@ import pyarrow as pa
 
 from pipeline.config import FilesSource, HfSource, HttpSource, PydocSource, PythonDocsSource, WarcSource
 from pipeline.errors import LineageError
+from pipeline.io import DOC_SCHEMA, iter_jsonl
 
 RAW_SCHEMA = pa.schema(
     [
-        ("id", pa.string()),
-        ("source", pa.string()),
-        ("role", pa.string()),
-        ("url", pa.string()),
-        ("text", pa.string()),
-        ("content_type", pa.string()),
+        *DOC_SCHEMA,
         ("status", pa.int32()),
         ("final_url", pa.string()),
         ("fetched_at", pa.float64()),
@@ -297,19 +292,11 @@ def read_files_source(name: str, src: FilesSource, root: Path) -> list[dict]:
             ctype = "text/html" if suffix in {".html", ".htm"} else "text/plain"
             docs.append(raw_doc(name, src.role, f"file:{rel}", p.read_text(errors="replace"), ctype))
         elif suffix == ".jsonl":
-            with p.open() as fh:
-                for i, line in enumerate(fh):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise LineageError(f"{path}:{i + 1}: not valid JSON: {e.msg}") from None
-                    if src.text_field not in row:
-                        raise LineageError(f"{path}:{i + 1}: no field {src.text_field!r} ({key}.text_field)")
-                    docs.append(
-                        raw_doc(name, src.role, f"file:{rel}#{i}", str(row[src.text_field]), "text/plain")
-                    )
+            for line, row in iter_jsonl(p):
+                if src.text_field not in row:
+                    raise LineageError(f"{path}:{line}: no field {src.text_field!r} ({key}.text_field)")
+                text = str(row[src.text_field])
+                docs.append(raw_doc(name, src.role, f"file:{rel}#{line - 1}", text, "text/plain"))
         elif suffix == ".parquet":
             table = pq.read_table(p)
             if src.text_field not in table.column_names:
