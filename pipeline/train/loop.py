@@ -205,7 +205,7 @@ class Trainer:
         lr = lr_at(self.step, cfg)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        total = 0.0
+        total = torch.zeros((), device=self.device)
         for a in range(accum):
             x, y = self.batches.get(self.step, self.dist.rank * accum + a)
             x, y = x.to(self.device), y.to(self.device)
@@ -214,7 +214,7 @@ class Trainer:
             with ctx, self._autocast():
                 _, loss = self.runner(x, y)
             (loss / accum).backward()
-            total += loss.item()
+            total += loss.detach().float()  # one host sync per step, not per micro-batch
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.optimizer.step()
@@ -223,10 +223,9 @@ class Trainer:
         if self.dist.world_size > 1:
             import torch.distributed as tdist
 
-            t = torch.tensor([loss], device=self.device)
-            tdist.all_reduce(t)
-            loss = t.item() / self.dist.world_size
-        return loss
+            tdist.all_reduce(loss)
+            loss = loss / self.dist.world_size
+        return loss.item()
 
     def run(self, peak_flops: float) -> dict[str, float]:
         cfg = self.cfg
@@ -258,12 +257,14 @@ class Trainer:
                 if self.dist.main:
                     self.log(last, self.step)
                 t_log, tok_log, losses = time.perf_counter(), 0, []
+            t_pause = time.perf_counter()
             if cfg.eval_interval and (self.step % cfg.eval_interval == 0 or self.step == cfg.max_steps):
                 self._eval_and_log()
             if cfg.checkpoint_interval and self.step % cfg.checkpoint_interval == 0:
                 self.elapsed += time.perf_counter() - t_start
                 t_start = time.perf_counter()
                 self.save()
+            t_log += time.perf_counter() - t_pause  # evaluation and saving are not training throughput
         self.elapsed += time.perf_counter() - t_start
         final = self.evaluate() if self.windows else {}
         if final and self.dist.main:
