@@ -108,3 +108,15 @@ def test_rerun_after_a_kill_resumes_from_the_checkpoint(project):
     assert run.returncode == 0, run.stderr[-2000:]
     m = json.loads((project / "data" / "pretrain" / "metrics.json").read_text())
     assert m["perf"]["resumed_from_step"] >= killed_at and m["train"]["steps"] == 200
+
+
+def test_nproc_per_node_relaunches_the_stage_under_torchrun(project):
+    data = yaml.safe_load((project / "params.yaml").read_text())
+    data["pretrain"].update(nproc_per_node=2, max_steps=10, export_hf=False)
+    (project / "params.yaml").write_text(yaml.safe_dump(data))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(stage_cmd(project), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    m = json.loads((project / "data" / "pretrain" / "metrics.json").read_text())
+    assert m["perf"]["world_size"] == 2
+    assert m["train"]["tokens"] == 10 * 2 * PRETRAIN["batch_size"] * PRETRAIN["block_size"]

@@ -8,6 +8,7 @@ still get through now and then: P(keep | s) = (2 - s) ** -alpha.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +86,14 @@ def save_classifier(clf: Any, path: Path) -> None:
 
 
 def load_classifier(path: Path) -> Any:
-    """Load a classifier this stage wrote (skops: no pickle, only the sklearn/numpy types we use)."""
+    """Load a classifier this stage wrote (skops: no pickle, only the sklearn/numpy types we use).
+    Cached per process and file version, so scoring many shards on one worker loads it once."""
+    stat = Path(path).stat()
+    return _load_classifier(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_classifier(path: str, mtime_ns: int, size: int) -> Any:
     import skops.io as sio
 
     return sio.load(path, trusted=sio.get_untrusted_types(file=path))

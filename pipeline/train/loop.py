@@ -266,6 +266,9 @@ class Trainer:
                 self.save()
             t_log += time.perf_counter() - t_pause  # evaluation and saving are not training throughput
         self.elapsed += time.perf_counter() - t_start
+        if not last:  # resumed a run that had already finished: report its last logged figures
+            last = next((dict(h) for h in reversed(self.history) if "train/loss" in h), {})
+            last.pop("step", None)
         final = self.evaluate() if self.windows else {}
         if final and self.dist.main:
             self.log(final, self.step)
