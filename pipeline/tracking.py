@@ -24,19 +24,21 @@ def git_commit(root: Path) -> str:
 
 
 def dvc_input_hashes(root: Path, stage: str) -> dict[str, str]:
-    """The md5 DVC recorded for this stage's data deps in dvc.lock (empty before the first lock)."""
-    lock = root / "dvc.lock"
-    if not lock.is_file():
-        return {}
+    """The DVC hashes of the data this run reads: for each data dep of ``stage`` in dvc.yaml, the
+    md5 dvc.lock records for the upstream outputs under it (DVC locks a stage as soon as it has
+    run, so these are the inputs of this very run)."""
     try:
-        stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
-    except yaml.YAMLError:
+        spec = yaml.safe_load((root / "dvc.yaml").read_text()) or {}
+        lock = yaml.safe_load((root / "dvc.lock").read_text()) or {}
+    except (OSError, yaml.YAMLError):
         return {}
+    deps = [d for d in spec.get("stages", {}).get(stage, {}).get("deps", []) if str(d).startswith("data/")]
     out: dict[str, str] = {}
-    for dep in stages.get(stage, {}).get("deps", []):
-        path = dep.get("path", "")
-        if path.startswith("data/") and "md5" in dep:
-            out[f"dvc.input.{path}"] = dep["md5"]
+    for upstream in (lock.get("stages") or {}).values():
+        for o in upstream.get("outs", []):
+            path = o.get("path", "")
+            if "md5" in o and any(path == d or path.startswith(d.rstrip("/") + "/") for d in deps):
+                out[f"dvc.input.{path}"] = o["md5"]
     return out
 
 
