@@ -110,12 +110,12 @@ def bench_clean(params: Any, data: Path, repeats: int, max_docs: int | None) -> 
 
     docs = [
         d
-        for d in read(shards(data / "crawl", "crawl"))
+        for d in read(shards(data / "crawl", "clean"))
         if d["source"] == "pydoc_web" and d["content_type"] in HTML_TYPES
     ]
     if not docs:
         raise Missing(
-            f"{data / 'crawl' / 'docs'}: no pydoc_web HTML documents; run `dvc repro crawl` (or `make run`) first"
+            f"{data / 'crawl' / 'docs'}: no pydoc_web HTML documents; run `dvc repro clean` (or `make run`) first"
         )
     docs = docs[:max_docs] if max_docs else docs
     cfg = params.clean
@@ -393,6 +393,15 @@ def main(argv: list[str] | None = None) -> int:
     }
     t_start = time.perf_counter()
     try:
+        # fail before any measurement when an input is missing
+        if "clean" not in args.skip:
+            shards(data / "crawl", "clean")
+        if "quality" not in args.skip or "minhash" not in args.skip:
+            shards(data / "clean", "clean")
+        if "quality" not in args.skip and not (data / "quality" / "classifier.skops").is_file():
+            raise Missing(
+                f"{data / 'quality' / 'classifier.skops'}: missing; run `dvc repro quality` (or `make run`) first"
+            )
         for part, fn in (
             ("clean", lambda: bench_clean(params, data, args.repeats, args.max_docs)),
             ("quality", lambda: bench_quality(params, data, args.repeats)),

@@ -29,8 +29,8 @@ class CommonConfig(Section):
     seed: int = 1337
     tracking_uri: str = "sqlite:///mlflow.db"
     experiment: str = "gpt-lineage"
-    task_runner: Literal["threads", "dask", "ray", "sync"] = "threads"
-    workers: int = Field(2, ge=1, le=4096)
+    task_runner: Literal["threads", "processes", "dask", "ray", "sync"] = "threads"
+    workers: int = Field(1, ge=1, le=4096)
     dask_address: str | None = None  # an existing Dask scheduler; None = a local cluster of `workers`
     ray_address: str | None = None
     shard_size: int = Field(500, ge=1)  # documents per parquet shard

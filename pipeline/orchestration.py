@@ -1,8 +1,9 @@
 """Prefect around the stages: each stage is a flow, work over shards is mapped tasks.
 
-The task runner comes from ``common.task_runner``: threads on one machine, Dask or Ray to go past
-it, or ``sync`` (plain Python, no Prefect) as a debugging aid and as the baseline that
-``bench/orchestration.py`` measures the orchestration overhead against.
+The task runner comes from ``common.task_runner``: threads on one machine (the data steps are
+CPU-bound Python, so more than one thread only adds GIL contention: use ``processes`` to use
+several cores), Dask or Ray to go past one machine, or ``sync`` (plain Python, no Prefect) as a
+debugging aid and as the baseline that ``bench/orchestration.py`` measures the overhead against.
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ def make_task_runner(common: CommonConfig) -> Any:
         from prefect.task_runners import ThreadPoolTaskRunner
 
         return ThreadPoolTaskRunner(max_workers=common.workers)
+    if common.task_runner == "processes":
+        from prefect.task_runners import ProcessPoolTaskRunner
+
+        return ProcessPoolTaskRunner(max_workers=common.workers)
     if common.task_runner == "dask":
         from prefect_dask import DaskTaskRunner
 

@@ -42,6 +42,18 @@ def dvc_input_hashes(root: Path, stage: str) -> dict[str, str]:
     return out
 
 
+def resolve_tracking_uri(uri: str, root: Path) -> str:
+    """A relative SQLite path means relative to the project root, wherever the stage is started."""
+    prefix = "sqlite:///"
+    if (
+        uri.startswith(prefix)
+        and not uri.startswith(prefix + "/")
+        and not Path(uri[len(prefix) :]).is_absolute()
+    ):
+        return prefix + str((root / uri[len(prefix) :]).resolve())
+    return uri
+
+
 class Tracker:
     def __init__(self, mlflow: Any):
         self._mlflow = mlflow
@@ -86,7 +98,7 @@ def stage_run(stage: str, params: Params, root: Path) -> Iterator[Tracker]:
 
     for name in ("mlflow", "alembic"):  # store creation/migration chatter on every new database
         logging.getLogger(name).setLevel(logging.WARNING)
-    mlflow.set_tracking_uri(params.common.tracking_uri)
+    mlflow.set_tracking_uri(resolve_tracking_uri(params.common.tracking_uri, root))
     exp = mlflow.get_experiment_by_name(params.common.experiment)
     if exp is None:
         mlflow.create_experiment(

@@ -141,7 +141,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
         if parts
         else np.zeros((0, cfg.num_perm), np.uint64)
     )
-    near = near_duplicate_clusters(sigs[survivors], [order[i] for i in survivors], cfg)
+    near = near_duplicate_clusters(sigs[survivors], [order[i] for i in survivors], cfg, seed)
     for c in near:
         clusters.append(
             {

@@ -166,7 +166,9 @@ def launch(argv: list[str] | None = None) -> int:
         params_path = Path(args[args.index("--params") + 1] if "--params" in args else "params.yaml")
         root = Path(args[args.index("--root") + 1] if "--root" in args else ".")
         try:
-            nproc = load_params(params_path if params_path.is_absolute() else root / params_path).pretrain.nproc_per_node
+            nproc = load_params(
+                params_path if params_path.is_absolute() else root / params_path
+            ).pretrain.nproc_per_node
         except LineageError as e:
             print(f"error: pretrain: {e}", file=sys.stderr)
             return 1

@@ -33,7 +33,7 @@ def test_every_profile_validates_over_params(profile: str):
         ({"quality": {"alfa": 3}}, "quality.alfa: Extra inputs are not permitted"),
         (
             {"common": {"task_runner": "spark"}},
-            "common.task_runner: Input should be 'threads', 'dask', 'ray' or 'sync'",
+            "common.task_runner: Input should be 'threads', 'processes', 'dask', 'ray' or 'sync'",
         ),
         (
             {"crawl": {"sources": {"web": {"kind": "ftp"}}}},

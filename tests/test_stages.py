@@ -123,15 +123,16 @@ def test_same_inputs_same_outputs(chain, tmp_path):
     assert [(r["id"], r["text"]) for r in a] == [(r["id"], r["text"]) for r in b]
 
 
-def test_dask_runner_with_two_workers_matches_sync(chain, tmp_path):
+@pytest.mark.parametrize("runner", ["dask", "processes"])
+def test_parallel_runners_with_two_workers_match_sync(chain, tmp_path, runner):
     root, params, _ = chain
     (tmp_path / "data").mkdir()
     subprocess.run(["cp", "-r", str(root / "data" / "crawl"), str(tmp_path / "data" / "crawl")], check=True)
-    dask_params = params.model_copy(
-        update={"common": params.common.model_copy(update={"task_runner": "dask", "workers": 2,
+    runner_params = params.model_copy(
+        update={"common": params.common.model_copy(update={"task_runner": runner, "workers": 2,
                                                            "tracking_uri": f"sqlite:///{tmp_path / 'm.db'}"})}
     )  # fmt: skip
-    m = run_stage("clean", clean.body, tmp_path, dask_params)
+    m = run_stage("clean", clean.body, tmp_path, runner_params)
     ours = json.loads((root / "data" / "clean" / "metrics.json").read_text())
     assert m["docs_out"] == ours["docs_out"] and m["drops"] == ours["drops"]
     for shard in sorted((root / "data" / "clean" / "docs").glob("*.parquet")):

@@ -59,14 +59,14 @@ def estimated_jaccard(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(a == b))
 
 
-def lsh_candidates(sigs: np.ndarray, cfg: DedupConfig) -> set[tuple[int, int]]:
+def lsh_candidates(sigs: np.ndarray, cfg: DedupConfig, seed: int = 1) -> set[tuple[int, int]]:
     """Pairs (i < j) that share at least one LSH band."""
     from datasketch import LeanMinHash, MinHash, MinHashLSH
 
     params = (cfg.bands, cfg.rows) if cfg.bands is not None else None
     lsh = MinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm, params=params)
-    scheme = MinHash(num_perm=cfg.num_perm, seed=1).scheme  # the scheme MinHash.bulk hashed with
-    lean = [LeanMinHash(seed=1, hashvalues=s, scheme=scheme) for s in sigs]
+    scheme = MinHash(num_perm=cfg.num_perm, seed=seed).scheme  # the scheme MinHash.bulk hashed with
+    lean = [LeanMinHash(seed=seed, hashvalues=s, scheme=scheme) for s in sigs]
     pairs: set[tuple[int, int]] = set()
     with lsh.insertion_session() as session:
         for i, m in enumerate(lean):
@@ -94,14 +94,16 @@ class UnionFind:
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
-def near_duplicate_clusters(sigs: np.ndarray, order: list[int], cfg: DedupConfig) -> list[dict[str, Any]]:
+def near_duplicate_clusters(
+    sigs: np.ndarray, order: list[int], cfg: DedupConfig, seed: int = 1
+) -> list[dict[str, Any]]:
     """Clusters of near-duplicates among ``sigs``.
 
     ``order[i]`` ranks document i (lower survives). Each cluster: kept index, removed indices and
     each removed document's estimated Jaccard with the kept one.
     """
     uf = UnionFind(len(sigs))
-    for i, j in lsh_candidates(sigs, cfg):
+    for i, j in lsh_candidates(sigs, cfg, seed):
         if estimated_jaccard(sigs[i], sigs[j]) >= cfg.min_jaccard:
             uf.union(i, j)
     groups: dict[int, list[int]] = {}
