@@ -29,3 +29,5 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/data_throughput.py
 	$(PY) bench/orchestration.py
+	$(PY) bench/train_throughput.py
+	$(PY) bench/shakespeare_char.py

@@ -111,11 +111,13 @@ def body(ctx: StageContext) -> dict[str, Any]:
     from pipeline.model.export import export_hf, save_model
 
     save_model(trainer.model, ctx.out / "model")
+    (ctx.out / "hf").mkdir()  # a DVC output even when there is nothing to export
     if cfg.export_hf:
         try:
             export_hf(trainer.model, ctx.out / "hf", tok_dir / "tokenizer.json")
         except LineageError as e:  # e.g. gpt3 with biases has no exact GPT-Neo equivalent
             print(f"pretrain: Hugging Face export skipped: {e}", file=sys.stderr)
+            (ctx.out / "hf" / "NOT_EXPORTED.txt").write_text(f"{e}\n")
     (ctx.out / "samples.md").write_text("\n".join(samples))
     train_rows = [
         {"step": h["step"], "loss": h["train/loss"], "lr": h["train/lr"]}

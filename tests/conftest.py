@@ -112,6 +112,17 @@ def junk(rng: random.Random, n_words: int) -> str:
     return "\n".join(" | ".join(rng.choice(items) for _ in range(6)) for _ in range(max(1, n_words // 6)))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine they can stall."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def rng() -> random.Random:
     return random.Random(0)

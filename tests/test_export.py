@@ -15,13 +15,7 @@ from pipeline.model.export import export_hf, load_model, save_model, to_hf
 EOT = "<|endoftext|>"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine they can stall."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(arch: str, **kw) -> GPT:

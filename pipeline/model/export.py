@@ -99,6 +99,7 @@ def _hf_config(config: GPTConfig) -> Any:
     from transformers import GPT2Config, GPTNeoConfig, OpenAIGPTConfig
 
     common = dict(vocab_size=config.vocab_size, layer_norm_epsilon=1e-5, bos_token_id=None, eos_token_id=None)
+    dropout = dict(resid_pdrop=config.dropout, embd_pdrop=config.dropout, attn_pdrop=config.dropout)
     if config.arch == "gpt1":
         return OpenAIGPTConfig(
             n_positions=config.block_size,
@@ -106,9 +107,7 @@ def _hf_config(config: GPTConfig) -> Any:
             n_layer=config.n_layer,
             n_head=config.n_head,
             afn="gelu",  # OpenAIGPT's table: "gelu" -> gelu_new (tanh approximation)
-            resid_pdrop=config.dropout,
-            embd_pdrop=config.dropout,
-            attn_pdrop=config.dropout,
+            **dropout,
             **common,
         )
     if config.arch == "gpt2":
@@ -119,9 +118,7 @@ def _hf_config(config: GPTConfig) -> Any:
             n_head=config.n_head,
             n_inner=4 * config.n_embd,
             activation_function="gelu_new",
-            resid_pdrop=config.dropout,
-            embd_pdrop=config.dropout,
-            attn_pdrop=config.dropout,
+            **dropout,
             **common,
         )
     if config.bias:
