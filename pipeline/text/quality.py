@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.config import QualityConfig
-from pipeline.io import read_rows, write_table
+from pipeline.io import write_table
 from pipeline.text.clean import CLEAN_SCHEMA
 
 SCORED_SCHEMA = CLEAN_SCHEMA.append(pa.field("score", pa.float64()))
@@ -109,31 +109,34 @@ def score_shard(
     seed: int,
 ) -> dict[str, Any]:
     """Score every document of one shard (held-out score where it was a training document) and
-    filter the negatives' documents with the Pareto rule."""
+    filter the negatives' documents with the Pareto rule. Stays in Arrow: no per-row Python dicts."""
+    import pyarrow.parquet as pq
+
     index, shard = item
-    rows = read_rows(shard)
-    if not rows:
+    table = pq.read_table(shard)
+    if table.num_rows == 0:
         return {"scores": {}, "kept": {}, "total": {}}
-    unseen = [r["text"] for r in rows if r["id"] not in held_out]
-    fresh = iter(load_classifier(Path(classifier)).predict_proba(unseen)[:, 1] if unseen else [])
-    scores = np.array([held_out[r["id"]] if r["id"] in held_out else next(fresh) for r in rows])
+    ids = table.column("id").to_pylist()
+    sources = np.array(table.column("source").to_pylist(), dtype=object)
+    seen = np.array([i in held_out for i in ids])
+    scores = np.array([held_out.get(i, np.nan) for i in ids], dtype=np.float64)
+    if not seen.all():
+        texts = table.column("text").filter(pa.array(~seen)).to_pylist()
+        scores[~seen] = load_classifier(Path(classifier)).predict_proba(texts)[:, 1]
     rng = np.random.default_rng([seed, index])  # per shard, so the result does not depend on task order
-    keep = pareto_keep(scores, cfg.alpha, rng)
-    kept, dropped = [], []
+    keep = pareto_keep(scores, cfg.alpha, rng) | ~np.isin(sources, list(negatives))
+    table = table.append_column("score", pa.array(scores, pa.float64())).cast(SCORED_SCHEMA)
+    name = Path(shard).name
+    if keep.any():
+        write_table(Path(out_dir) / "docs" / name, table.filter(pa.array(keep)))
+    if not keep.all():
+        write_table(Path(out_dir) / "dropped" / name, table.filter(pa.array(~keep)))
     per_scores: dict[str, list[float]] = {}
     kept_n: dict[str, int] = {}
     total_n: dict[str, int] = {}
-    for row, s, k in zip(rows, scores, keep, strict=True):
-        src = row["source"]
-        row = {**row, "score": float(s)}
-        per_scores.setdefault(src, []).append(float(s))
-        total_n[src] = total_n.get(src, 0) + 1
-        is_kept = bool(k) if src in negatives else True
-        (kept if is_kept else dropped).append(row)
-        kept_n[src] = kept_n.get(src, 0) + int(is_kept)
-    name = Path(shard).name
-    if kept:
-        write_table(Path(out_dir) / "docs" / name, kept, SCORED_SCHEMA)
-    if dropped:
-        write_table(Path(out_dir) / "dropped" / name, dropped, SCORED_SCHEMA)
+    for src in np.unique(sources):
+        mask = sources == src
+        per_scores[src] = scores[mask].tolist()
+        total_n[src] = int(mask.sum())
+        kept_n[src] = int((mask & keep).sum())
     return {"scores": per_scores, "kept": kept_n, "total": total_n}
