@@ -39,6 +39,8 @@ OUT = ROOT / "bench" / "out"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.tables import table  # noqa: E402 - after the path set-up above
+
 WORDS_RE = re.compile(r"\w+")
 
 
@@ -68,21 +70,6 @@ def rate(n_docs: int, times: list[float]) -> dict[str, Any]:
         "docs_per_s": n_docs / best if best else float("inf"),
         "docs_per_s_median": n_docs / med if med else float("inf"),
     }
-
-
-def table(headers: list[str], rows: list[list[Any]]) -> str:
-    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = []
-    for k, r in enumerate(cells):
-        lines.append(
-            "  ".join(
-                c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
-            )
-        )
-        if k == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def shards(stage_dir: Path, make_target: str) -> list[Path]:

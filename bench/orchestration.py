@@ -42,6 +42,8 @@ OUT = ROOT / "bench" / "out"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.tables import table  # noqa: E402 - after the path set-up above
+
 STAGES = ["crawl", "clean", "quality", "dedup", "mix"]
 VARIANTS = ["sync", "server", "no server"]
 CODE = ["pipeline", "stages", "profiles", "params.yaml", "dvc.yaml", "pyproject.toml"]
@@ -306,21 +308,6 @@ def fmt(v: float | None, signed: bool = False) -> str:
     if v is None:
         return "-"
     return f"{v:+.2f}" if signed else f"{v:.2f}"
-
-
-def table(headers: list[str], rows: list[list[Any]]) -> str:
-    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = []
-    for k, row in enumerate(cells):
-        lines.append(
-            "  ".join(
-                c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
-            )
-        )
-        if k == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def report(r: dict[str, Any]) -> str:
