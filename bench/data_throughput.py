@@ -23,7 +23,6 @@ import argparse
 import gzip
 import json
 import os
-import platform
 import re
 import statistics
 import sys
@@ -39,7 +38,7 @@ OUT = ROOT / "bench" / "out"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.tables import table  # noqa: E402 - after the path set-up above
+from bench.common import machine, table  # noqa: E402 - after the path set-up above
 
 WORDS_RE = re.compile(r"\w+")
 
@@ -382,11 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     data = args.root / "data"
     results: dict[str, Any] = {
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
+        "machine": machine(),
         "loadavg_start": [round(x, 2) for x in os.getloadavg()],
         "repeats": args.repeats,
         "statistic": "best of repeats (median also recorded)",

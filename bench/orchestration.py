@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -42,7 +41,7 @@ OUT = ROOT / "bench" / "out"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.tables import table  # noqa: E402 - after the path set-up above
+from bench.common import machine, table  # noqa: E402 - after the path set-up above
 
 STAGES = ["crawl", "clean", "quality", "dedup", "mix"]
 VARIANTS = ["sync", "server", "no server"]
@@ -192,11 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-orchestration-"))
     t_start = time.perf_counter()
     results: dict[str, Any] = {
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
+        "machine": machine(),
         "loadavg_start": [round(x, 2) for x in os.getloadavg()],
         "repeats": args.repeats,
         "statistic": "median over repeats",

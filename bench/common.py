@@ -1,8 +1,14 @@
-"""Plain-text tables for the benchmark scripts."""
+"""What the benchmark scripts share: the machine they ran on and plain-text tables."""
 
 from __future__ import annotations
 
+import os
+import platform
 from typing import Any
+
+
+def machine() -> dict[str, Any]:
+    return {"cpu_count": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
 
 
 def table(headers: list[str], rows: list[list[Any]]) -> str:
