@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+from pathlib import Path
 from typing import Any
 
 
@@ -24,3 +26,10 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
         if k == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def write_result(path: Path, data: dict[str, Any], note: str = "") -> None:
+    """The results as JSON (bench/out/ is gitignored), and where they went."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    print(f"\nwrote {path}{note}")

@@ -38,7 +38,7 @@ OUT = ROOT / "bench" / "out"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import machine, table  # noqa: E402 - after the path set-up above
+from bench.common import machine, table, write_result  # noqa: E402 - after the path set-up above
 
 WORDS_RE = re.compile(r"\w+")
 
@@ -426,9 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     results["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
 
     print(report(results))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
+    write_result(args.out, results)
     return 0
 
 

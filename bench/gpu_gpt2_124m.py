@@ -10,13 +10,18 @@ tokens/s and MFU against --peak (H100 SXM bf16 dense: 989 TFLOP/s). Needs a CUDA
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from pipeline.model.gpt import GPT, GPTConfig
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.common import write_result  # noqa: E402 - after the path set-up above
+from pipeline.model.gpt import GPT, GPTConfig  # noqa: E402
 
 
 def main() -> None:
@@ -79,9 +84,7 @@ def main() -> None:
     }
     for k, v in result.items():
         print(f"{k:>16}: {v:.4g}" if isinstance(v, float) else f"{k:>16}: {v}")
-    out = Path("bench/out")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu_gpt2_124m.json").write_text(json.dumps(result, indent=2))
+    write_result(ROOT / "bench" / "out" / "gpu_gpt2_124m.json", result)
 
 
 if __name__ == "__main__":

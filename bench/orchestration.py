@@ -41,7 +41,7 @@ OUT = ROOT / "bench" / "out"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import machine, table  # noqa: E402 - after the path set-up above
+from bench.common import machine, table, write_result  # noqa: E402 - after the path set-up above
 
 STAGES = ["crawl", "clean", "quality", "dedup", "mix"]
 VARIANTS = ["sync", "server", "no server"]
@@ -271,9 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     results["total_s"] = round(time.perf_counter() - t_start, 1)
     results["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     print(report(results))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
+    write_result(args.out, results)
     return 1 if results["errors"] else 0
 
 

@@ -23,7 +23,6 @@ Results: a table on stdout and bench/out/shakespeare_char.json. Missing data: a 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -41,6 +40,7 @@ OUT = ROOT / "bench" / "out"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.common import write_result  # noqa: E402 - after the path set-up above
 from pipeline.config import EOT, PretrainConfig, TokenizeConfig  # noqa: E402
 from pipeline.model.gpt import GPT, GPTConfig  # noqa: E402
 from pipeline.tokenizer import (  # noqa: E402
@@ -290,9 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{k:<{width}}  {v}")
     if sample:
         print("\nsample (temperature 0.8, top_k 200):\n" + sample)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
+    write_result(args.out, result)
     return 0
 
 

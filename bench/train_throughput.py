@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import platform
 import statistics
@@ -48,6 +47,7 @@ OUT = ROOT / "bench" / "out"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.common import write_result  # noqa: E402 - after the path set-up above
 from pipeline.model.export import to_hf  # noqa: E402
 from pipeline.model.gpt import GPT, GPTConfig  # noqa: E402
 from pipeline.train.loop import measure_peak_flops  # noqa: E402
@@ -463,9 +463,7 @@ def main(argv: list[str] | None = None) -> int:
         **info,
         "results": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwrote {args.out} ({wall:.0f} s)")
+    write_result(args.out, report, f" ({wall:.0f} s)")
     return 0
 
 
