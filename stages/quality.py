@@ -92,12 +92,14 @@ def body(ctx: StageContext) -> dict[str, Any]:
 
     fpr, tpr, _ = roc_curve(y_te, s_te)
     edges = np.linspace(0, 1, cfg.histogram_bins + 1)
-    hist_rows = []
-    for i in range(cfg.histogram_bins):
-        row: dict[str, Any] = {"score": round(float((edges[i] + edges[i + 1]) / 2), 4)}
-        for src, vals in sorted(scores.items()):
-            row[src] = int(np.histogram(vals, bins=edges)[0][i])
-        hist_rows.append(row)
+    counts = {src: np.histogram(vals, bins=edges)[0] for src, vals in sorted(scores.items())}
+    hist_rows = [
+        {
+            "score": round(float((edges[i] + edges[i + 1]) / 2), 4),
+            **{src: int(c[i]) for src, c in counts.items()},
+        }
+        for i in range(cfg.histogram_bins)
+    ]
     write_csv(ctx.out / "plots" / "score_hist.csv", hist_rows)
     write_csv(
         ctx.out / "plots" / "roc.csv",
