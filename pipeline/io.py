@@ -134,10 +134,3 @@ def list_shards(directory: str | Path) -> list[Path]:
 
 def read_rows(path: str | Path, columns: list[str] | None = None) -> list[dict[str, Any]]:
     return pq.read_table(path, columns=columns).to_pylist()
-
-
-def read_all(directory: str | Path, columns: list[str] | None = None) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    for p in list_shards(directory):
-        rows.extend(read_rows(p, columns))
-    return rows

@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,7 @@ class StageContext:
     root: Path
     out: Path  # the temporary folder that becomes data/<stage>/ on success
     orch: Orchestrator
-    tracker: Any  # pipeline.tracking.Tracker
-    extra: dict[str, Any] = field(default_factory=dict)
+    tracker: Any  # pipeline.tracking.Tracker; None on non-zero torchrun ranks
 
     def input(self, stage: str, *parts: str) -> Path:
         path = self.root / "data" / stage

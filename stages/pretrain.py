@@ -93,9 +93,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
         for s in sources
         if meta.get("val_bytes_per_source", {}).get(s)
     }
-    dist, device = ctx.extra.get("dist"), ctx.extra.get("device")
-    if dist is None:
-        dist, device = setup_distributed(cfg.device)
+    dist, device = setup_distributed(cfg.device)
     tokenizer = load_tokenizer(tok_dir / "tokenizer.json")
     checkpoint = ctx.root / "checkpoints" / "pretrain" / run_key(cfg, seed, tok_dir) / "ckpt.pt"
     samples: list[str] = []
