@@ -55,9 +55,17 @@ class Handler(BaseHTTPRequestHandler):
             site.hits[self.path] += 1
             site.inflight += 1
             site.max_inflight = max(site.max_inflight, site.inflight)
+        self.counted = True
         try:
             self.route(site)
         finally:
+            self.done(site)
+
+    def done(self, site: Site) -> None:
+        """Leave the in-flight count before the last bytes go out: once the client has the whole
+        response it may start its next request before this thread gets to run again."""
+        if self.counted:
+            self.counted = False
             with site.lock:
                 site.inflight -= 1
 
@@ -70,6 +78,8 @@ class Handler(BaseHTTPRequestHandler):
         for k, v in (headers or {}).items():
             self.send_header(k, v)
         self.end_headers()
+        if length:
+            self.done(self.server.site)  # type: ignore[attr-defined]
         self.wfile.write(body)
 
     def redirect(self, to: str, status: int = 302) -> None:
