@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
 
-    from pipeline.cli import prefect_server
+    from pipeline.orchestration import prefect_server
 
     os.environ.pop("PREFECT_API_URL", None)  # prefect_server would reuse it instead of starting one
     tmp = Path(tempfile.mkdtemp(prefix="bench-orchestration-"))

@@ -7,71 +7,17 @@ import argparse
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
 
 from pipeline.config import flatten, load_params
 from pipeline.errors import LineageError
-from pipeline.orchestration import QUIET_ENV
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=1) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
-@contextlib.contextmanager
-def prefect_server(root: Path, timeout_s: float = 90.0) -> Iterator[str | None]:
-    """A local Prefect server for one pipeline run; yields its API URL (None if it would not start,
-    in which case each flow falls back to Prefect's temporary per-process server)."""
-    if os.environ.get("PREFECT_API_URL"):
-        yield os.environ["PREFECT_API_URL"]
-        return
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, **QUIET_ENV, "PREFECT_HOME": str(root / ".prefect")}
-    log = (root / ".prefect").joinpath("server.log")
-    log.parent.mkdir(exist_ok=True)
-    prefect = Path(sys.executable).with_name("prefect")
-    with log.open("w") as fh:
-        proc = subprocess.Popen(
-            [str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            stdout=fh, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and proc.poll() is None and not _healthy(url):
-            time.sleep(0.25)
-        if _healthy(url):
-            yield url
-        else:
-            print(
-                f"lineage: Prefect server did not start (see {log}); flows use temporary servers",
-                file=sys.stderr,
-            )
-            yield None
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+from pipeline.io import stale_temp_dirs
+from pipeline.orchestration import QUIET_ENV, prefect_server
+from pipeline.tracking import resolve_tracking_uri
 
 
 def profile_overrides(root: Path, profile: str) -> list[str]:
@@ -104,33 +50,123 @@ def pipeline_env(root: Path, api_url: str | None) -> dict[str, str]:
     return env
 
 
+def _git(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False)
+
+
+def restore_workspace(root: Path, env: dict[str, str]) -> bool:
+    """Put params.yaml, dvc.lock, metrics/ and data/ back to the last commit's state (an experiment
+    changes all four in the workspace). Returns False when that could not be done."""
+    tracked = [
+        p
+        for p in ("params.yaml", "dvc.lock", "metrics")
+        if _git(root, "ls-files", "--error-unmatch", p).returncode == 0
+    ]
+    if tracked and _git(root, "checkout", "HEAD", "--", *tracked).returncode != 0:
+        return False
+    untracked = _git(root, "ls-files", "--others", "--exclude-standard", "metrics", "dvc.lock").stdout.split()
+    for f in untracked:
+        (root / f).unlink(missing_ok=True)
+    return subprocess.call(["dvc", "checkout", "--quiet"], cwd=root, env=env) == 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     root = Path.cwd()
     if not (root / "dvc.yaml").is_file():
         raise LineageError(f"{root}: no dvc.yaml here; run lineage from the project root")
+    load_params(root / "params.yaml")  # fail before any stage starts on a bad params file
     if args.profile:
         cmd = ["dvc", "exp", "run", *profile_overrides(root, args.profile), *args.stages]
+        if args.name:
+            cmd[3:3] = ["--name", args.name]
+        if _git(root, "rev-parse", "HEAD").returncode != 0:
+            raise LineageError("--profile runs a DVC experiment, which needs a git commit: commit first")
+        if _git(root, "status", "--porcelain", "--", "params.yaml").stdout.strip():
+            raise LineageError(
+                "params.yaml has uncommitted changes: commit them (or `git checkout params.yaml`) "
+                "first, since the workspace is restored to the last commit after the experiment"
+            )
     else:
         cmd = ["dvc", "repro", *args.stages]
-    load_params(root / "params.yaml")  # fail before any stage starts on a bad params file
+    env = pipeline_env(root, None)
     with prefect_server(root) if args.server else contextlib.nullcontext(None) as url:
-        print("lineage:", " ".join(cmd), f"(Prefect API {url or 'temporary per stage'})", flush=True)
-        return subprocess.call(cmd, env=pipeline_env(root, url))
+        if url:
+            env["PREFECT_API_URL"] = url
+        print("lineage:", " ".join(cmd), f"(Prefect API {url or 'per stage'})", flush=True)
+        try:
+            rc = subprocess.call(cmd, env=env)
+        except KeyboardInterrupt:
+            rc = 130
+    if args.profile:
+        before = _git(root, "rev-parse", "--short", "HEAD").stdout.strip()
+        restored = restore_workspace(root, env)
+        if rc == 0:
+            print(
+                f"lineage: the experiment is saved (`dvc exp show` lists it against {before}); the "
+                + (
+                    "workspace is back at the last commit. "
+                    if restored
+                    else "workspace could not be restored. "
+                )
+                + "Bring its params and results into the workspace with `dvc exp apply <name>`.",
+                flush=True,
+            )
+        elif restored:
+            print("lineage: the experiment failed; the workspace is back at the last commit", flush=True)
+    return rc
+
+
+def cmd_restore(_: argparse.Namespace) -> int:
+    root = Path.cwd()
+    if restore_workspace(root, pipeline_env(root, None)):
+        print("lineage: params.yaml, dvc.lock, metrics/ and data/ are back at the last commit")
+        return 0
+    print(
+        "lineage: params.yaml, dvc.lock and metrics/ are back at the last commit; some outputs of that "
+        "commit are not in the DVC cache (`dvc pull` or `dvc repro` brings them)",
+        file=sys.stderr,
+    )
+    return 1
+
+
+# dependency hashes are one column each in `dvc exp show`; the metrics and params tell experiments apart
+EXP_DROP = "^(data|stages|pipeline|bench)/"
+
+
+def cmd_exp(args: argparse.Namespace) -> int:
+    cmd = ["dvc", "exp", "show", "--only-changed", "--drop", EXP_DROP, "--precision", "4", *args.dvc_args]
+    return subprocess.call(cmd, env=pipeline_env(Path.cwd(), None))
 
 
 def cmd_status(_: argparse.Namespace) -> int:
-    env = pipeline_env(Path.cwd(), None)
+    root = Path.cwd()
+    env = pipeline_env(root, None)
+    stale = stale_temp_dirs(root / "data")
+    for p in stale:
+        print(f"lineage: {p.relative_to(root)} was left by a killed run (removed when any stage next starts)")
     rc = subprocess.call(["dvc", "status"], env=env)
     return rc or subprocess.call(["dvc", "metrics", "show"], env=env)
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
+    """MLflow's UI on the project's store until Ctrl-C or SIGTERM, which stop it and its workers."""
+    from pipeline import procs
+
     params = load_params(Path.cwd() / "params.yaml")
-    return subprocess.call(
-        [str(Path(sys.executable).with_name("mlflow")), "ui", "--backend-store-uri", params.common.tracking_uri,
-         "--port", str(args.port)],
+    uri = resolve_tracking_uri(params.common.tracking_uri, Path.cwd())
+    proc = procs.spawn(
+        [str(Path(sys.executable).with_name("mlflow")), "ui", "--backend-store-uri", uri,
+         "--host", args.host, "--port", str(args.port)],
         env=pipeline_env(Path.cwd(), None),
     )  # fmt: skip
+    print(f"lineage: MLflow UI at http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
+    with procs.terminate_on_signals(lambda: procs.stop(proc)):
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            return 130
+        finally:
+            procs.stop(proc)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -172,10 +208,27 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="dvc repro (or dvc exp run with a profile) with one Prefect server")
     run.add_argument("stages", nargs="*", help="stages to run (default: the whole DAG)")
-    run.add_argument("--profile", help="apply profiles/NAME.yaml as `dvc exp run -S` overrides")
+    run.add_argument(
+        "--profile",
+        help="run a DVC experiment with profiles/NAME.yaml applied (`dvc exp run -S ...`), then restore "
+        "the workspace to the last commit",
+    )
+    run.add_argument("--name", help="the experiment's name (with --profile)")
     run.add_argument("--no-server", dest="server", action="store_false", help="no shared Prefect server")
     run.set_defaults(fn=cmd_run)
-    sub.add_parser("status", help="dvc status and dvc metrics show").set_defaults(fn=cmd_status)
+    sub.add_parser(
+        "status", help="dvc status and dvc metrics show; names folders left by killed runs"
+    ).set_defaults(fn=cmd_status)
+    ex = sub.add_parser(
+        "exp",
+        help="experiments side by side: `dvc exp show --only-changed` without the dependency-hash columns",
+    )
+    ex.add_argument("dvc_args", nargs=argparse.REMAINDER, help="more `dvc exp show` options (e.g. --md)")
+    ex.set_defaults(fn=cmd_exp)
+    sub.add_parser(
+        "restore",
+        help="put params.yaml, dvc.lock, metrics/ and data/ back to the last commit (after `dvc exp run`)",
+    ).set_defaults(fn=cmd_restore)
     sm = sub.add_parser("sample", help="print generations from a stage's model")
     sm.add_argument(
         "--stage", default="pretrain", help="stage whose data/<stage>/model to load (default: pretrain)"
@@ -193,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     sm.add_argument("--seed", type=int, default=0)
     sm.set_defaults(fn=cmd_sample)
     ui = sub.add_parser("ui", help="the MLflow UI on the tracking store of params.yaml")
-    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--host", default="127.0.0.1", help="address to serve on (default: 127.0.0.1)")
+    ui.add_argument("--port", type=int, default=5000, help="port (default: 5000)")
     ui.set_defaults(fn=cmd_ui)
     args = ap.parse_args(argv)
     try:

@@ -13,15 +13,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import LineageError
-
-NAME_RE = r"^[a-z][a-z0-9_]*$"
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from pipeline.feedback.config import ComparisonsConfig, InstructionsConfig, RewardConfig, SftConfig
+from pipeline.section import NAME_RE, Section
 
 
 # --------------------------------------------------------------------------------------------- common
@@ -60,6 +56,9 @@ class CrawlOptions(Section):
     user_agent: str = "gpt-lineage-crawler/0.1"
     content_types: list[str] = ["text/html", "text/plain", "application/xhtml+xml"]
     exclude: list[str] = []  # regexes on the normalised URL
+    # fetch non-global addresses (intranet); a loopback seed may stay on loopback
+    allow_private: bool = False
+    max_retry_after_s: float = Field(60.0, ge=0)  # honour Retry-After up to this; a longer wait gives up
 
     @field_validator("exclude")
     @classmethod
@@ -102,6 +101,15 @@ class WarcSource(SourceBase):
     paths: list[str] = Field(min_length=1)  # local paths, globs or http(s) URLs of .warc/.wet(.gz)
     record_types: list[Literal["response", "conversion", "resource"]] = ["response", "conversion"]
     timeout_s: float = Field(60.0, gt=0)
+    # limits against hostile or damaged archives (a gzip member is one record in a well-formed .warc.gz)
+    max_bytes: int = Field(5_000_000_000, ge=1024)  # bytes read per file (compressed, as stored)
+    max_decompressed_bytes: int = Field(50_000_000_000, ge=1024)  # bytes decompressed per file
+    max_record_bytes: int = Field(64_000_000, ge=1024)  # decompressed bytes per record (gzip member)
+    # http(s) paths are fetched like crawl pages: robots.txt, this user agent, no private addresses
+    allow_private: bool = False
+    respect_robots: bool = True
+    user_agent: str = "gpt-lineage-crawler/0.1"
+    max_redirects: int = Field(5, ge=0)
 
 
 class FilesSource(SourceBase):
@@ -303,6 +311,7 @@ class PretrainConfig(Section):
     eval_interval: int = Field(100, ge=0)  # 0: only at the end
     eval_windows: int = Field(32, ge=1)  # validation windows per source
     checkpoint_interval: int = Field(100, ge=0)
+    keep_checkpoints_every: int = Field(0, ge=0)  # > 0: keep the weights at every multiple of it
     resume: bool = True  # continue from checkpoints/pretrain/<run key>/ckpt.pt when it exists
     peak_flops: float | None = Field(None, gt=0)  # per device, for MFU; None = measured matmul peak at start
     sample_tokens: int = Field(80, ge=0)
@@ -330,6 +339,10 @@ class Params(Section):
     mix: MixConfig
     tokenize: TokenizeConfig = TokenizeConfig()
     pretrain: PretrainConfig = PretrainConfig()
+    instructions: InstructionsConfig = InstructionsConfig()
+    sft: SftConfig = SftConfig()
+    comparisons: ComparisonsConfig = ComparisonsConfig()
+    reward: RewardConfig = RewardConfig()
 
     @model_validator(mode="after")
     def _source_names(self) -> Params:

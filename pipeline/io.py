@@ -33,24 +33,107 @@ DOC_SCHEMA = pa.schema(
 )
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def stage_of(path: str | Path) -> str | None:
+    """The stage that owns a path under data/<stage>/, to say which stage to rerun."""
+    parts = Path(path).parts
+    for i, part in enumerate(parts[:-1]):
+        if part == "data":
+            return parts[i + 1].lstrip(".").split(".tmp-")[0]
+    return None
+
+
+def rerun_hint(path: str | Path) -> str:
+    stage = stage_of(path)
+    return f"rerun `dvc repro -f {stage}` to rebuild it" if stage else "replace or remove it"
+
+
 @contextlib.contextmanager
 def atomic_dir(final: str | Path) -> Iterator[Path]:
-    """Yield an empty temporary directory that replaces ``final`` only if the block succeeds."""
+    """Yield an empty temporary directory that replaces ``final`` only if the block succeeds.
+
+    The folder gets the mode the umask gives (mkdtemp's 0700 would hide outputs from a group), and
+    a failure at any point, the final rename included, removes it: nothing half-written is left.
+    """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    for stale in final.parent.glob(f".{final.name}.tmp-*"):  # left by a killed earlier run
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+        os.chmod(tmp, 0o777 & ~_umask())
+    except OSError as e:
+        raise LineageError(f"{final.parent}: cannot create the output folder ({_os_reason(e)})") from None
     try:
         yield tmp
+        old = final.parent / f".{final.name}.tmp-old-{os.getpid()}"
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise LineageError(f"{final}: cannot write the stage's output ({_os_reason(e)})") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = final.parent / f".{final.name}.tmp-old-{os.getpid()}"
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _os_reason(e: OSError) -> str:
+    where = f" on {e.filename}" if getattr(e, "filename", None) else ""
+    return f"{type(e).__name__}: {e.strerror or e}{where}"
+
+
+def stale_temp_dirs(data: Path) -> list[Path]:
+    """Temporary output folders (``data/.<stage>.tmp-*``) left by killed runs."""
+    return sorted(p for p in Path(data).glob(".*.tmp-*") if p.is_dir())
+
+
+@contextlib.contextmanager
+def stage_lock(data: Path, stage: str) -> Iterator[None]:
+    """One run of a stage at a time: a second one is refused with one line, instead of deleting the
+    first one's live temporary folder. The lock is a flock, so a killed run releases it."""
+    import fcntl
+
+    data = Path(data)
+    try:
+        data.mkdir(parents=True, exist_ok=True)
+        fh = (data / f".{stage}.lock").open("a")
+    except OSError as e:
+        raise LineageError(f"{data}: cannot create the stage lock ({_os_reason(e)})") from None
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LineageError(
+                f"{stage}: another run of this stage is in progress (lock {data / f'.{stage}.lock'}); "
+                "wait for it to finish"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def remove_stale_temp_dirs(data: Path) -> list[Path]:
+    """Remove the temporary folders of killed runs, of any stage that is not running right now."""
+    import fcntl
+
+    removed = []
+    for tmp in stale_temp_dirs(data):
+        stage = tmp.name[1:].split(".tmp-")[0]
+        lock = Path(data) / f".{stage}.lock"
+        try:
+            with lock.open("a") as fh:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # that stage is not running
+                shutil.rmtree(tmp, ignore_errors=True)
+                removed.append(tmp)
+        except (BlockingIOError, OSError):
+            continue
+    return removed
 
 
 def write_json(path: str | Path, data: Any) -> None:
@@ -132,5 +215,14 @@ def list_shards(directory: str | Path) -> list[Path]:
     return sorted(directory.glob("*.parquet"))
 
 
+def read_parquet(path: str | Path, columns: list[str] | None = None) -> pa.Table:
+    """A parquet file as a table; a truncated or garbled file is one line naming it."""
+    try:
+        return pq.read_table(path, columns=columns)
+    except (pa.ArrowException, OSError, ValueError) as e:
+        reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise LineageError(f"{path}: unreadable parquet ({reason}); {rerun_hint(path)}") from None
+
+
 def read_rows(path: str | Path, columns: list[str] | None = None) -> list[dict[str, Any]]:
-    return pq.read_table(path, columns=columns).to_pylist()
+    return read_parquet(path, columns).to_pylist()

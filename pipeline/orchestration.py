@@ -8,9 +8,16 @@ debugging aid and as the baseline that ``bench/orchestration.py`` measures the o
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import socket
+import subprocess
+import sys
 import time
-from collections.abc import Callable, Sequence
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from pipeline.config import CommonConfig
@@ -27,13 +34,148 @@ QUIET_ENV = {
 }
 
 
-def setup_env(common: CommonConfig) -> None:
-    """Telemetry off, offline hub access when asked; must run before prefect/mlflow/datasets import."""
+def setup_env(common: CommonConfig, root: Path | None = None) -> None:
+    """Telemetry off, offline hub access when asked, Prefect's home inside the project; must run
+    before prefect/mlflow/datasets are imported."""
     for k, v in QUIET_ENV.items():
         os.environ.setdefault(k, v)
+    if root is not None:
+        os.environ.setdefault("PREFECT_HOME", str(Path(root).resolve() / ".prefect"))
     if common.offline:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+def api_healthy(url: str, timeout_s: float = 1.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=timeout_s) as r:
+            return r.status == 200
+    except (OSError, ValueError):
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _server_file(root: Path) -> Path:
+    return Path(root) / ".prefect" / "server.json"
+
+
+def shared_server(root: Path) -> str | None:
+    """The API URL of a Prefect server this project already runs (`lineage run`, `lineage ui`)."""
+    try:
+        url = json.loads(_server_file(root).read_text())["url"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return url if api_healthy(url) else None
+
+
+@contextlib.contextmanager
+def prefect_server(root: Path, timeout_s: float = 90.0, port: int | None = None) -> Iterator[str | None]:
+    """Start a Prefect server for this project on loopback; yields its API URL, or None when it did
+    not come up in time. It runs in its own session (a Ctrl-C for the pipeline does not kill it
+    mid-stage), dies with this process even on SIGKILL, and is announced in .prefect/server.json
+    so other processes of the project reuse it."""
+    from pipeline import procs
+
+    root = Path(root).resolve()
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    home = root / ".prefect"
+    home.mkdir(exist_ok=True)
+    env = {**os.environ, **QUIET_ENV, "PREFECT_HOME": str(home)}
+    env.pop("PREFECT_API_URL", None)
+    prefect = Path(sys.executable).with_name("prefect")
+    with (home / "server.log").open("w") as log:
+        proc = procs.spawn(
+            [str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    announced = False
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and proc.poll() is None and not api_healthy(url):
+            time.sleep(0.25)
+        if api_healthy(url):
+            if shared_server(root) is None:
+                _server_file(root).write_text(json.dumps({"url": url, "pid": proc.pid}) + "\n")
+                announced = True
+            yield url
+        else:
+            yield None
+    finally:
+        if announced:
+            with contextlib.suppress(OSError):
+                _server_file(root).unlink()
+        procs.stop(proc)
+
+
+@contextlib.contextmanager
+def _use_api(url: str) -> Iterator[str]:
+    """Point this process's Prefect client at ``url``, also when prefect was imported earlier (its
+    settings are read once, so changing the environment alone would not reach it)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    before = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = url
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            yield url
+    finally:
+        _drain_prefect()
+        if before is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = before
+
+
+def _drain_prefect() -> None:
+    """Send queued flow-run logs and events now, while the server that takes them still runs."""
+    with contextlib.suppress(Exception):
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=5)
+    with contextlib.suppress(Exception):
+        from prefect.events.worker import EventsWorker
+
+        EventsWorker.drain_all(timeout=5)
+
+
+@contextlib.contextmanager
+def prefect_api(root: Path, common: CommonConfig) -> Iterator[str | None]:
+    """The Prefect API a stage talks to: the one in PREFECT_API_URL (`lineage run`), else the
+    project's running server, else a server of the stage's own. When none answers, yields None and
+    the stage runs its body without Prefect, saying so: a stage completes or fails on its own
+    merits, never on the orchestrator's health."""
+    if common.task_runner == "sync":
+        yield None
+        return
+    url = os.environ.get("PREFECT_API_URL")
+    if url and api_healthy(url, timeout_s=3.0):
+        with _use_api(url):
+            yield url
+        return
+    if url:
+        print(f"prefect: no API answers at {url}; starting one for this stage", file=sys.stderr)
+    url = shared_server(root)
+    if url:
+        with _use_api(url):
+            yield url
+        return
+    with prefect_server(root, timeout_s=60.0) as url:
+        if url is None:
+            print(
+                f"prefect: no server came up (see {root / '.prefect' / 'server.log'}); "
+                "running the stage without Prefect",
+                file=sys.stderr,
+            )
+            yield None
+        else:
+            with _use_api(url):
+                yield url
 
 
 def make_task_runner(common: CommonConfig) -> Any:
@@ -69,26 +211,31 @@ def make_task_runner(common: CommonConfig) -> Any:
     raise LineageError(f"common.task_runner: no runner for {common.task_runner!r}")
 
 
-class _Refused:
-    """A task's LineageError carried back as a value, so it is reported once and without a traceback."""
+class _Raised:
+    """An exception from a task carried back as a value: Prefect then logs no traceback for it, and
+    the stage reports it once, as one line, with the exception's own type."""
 
-    def __init__(self, message: str):
-        self.message = message
+    def __init__(self, exc: BaseException):
+        self.exc = exc
 
 
 def _guarded_call(item: Any, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
     try:
         return fn(item, *args)
-    except LineageError as e:
-        return _Refused(str(e))
+    except Exception as e:
+        return _Raised(e)
 
 
 class Orchestrator:
-    """Runs one stage body as a flow and maps functions over items as tasks."""
+    """Runs one stage body as a flow and maps functions over items as tasks.
 
-    def __init__(self, common: CommonConfig):
+    ``use_prefect=False`` (or ``task_runner: sync``) runs the same body and maps in plain Python:
+    the same outputs, no flow runs recorded.
+    """
+
+    def __init__(self, common: CommonConfig, use_prefect: bool = True):
         self.common = common
-        self.use_prefect = common.task_runner != "sync"
+        self.use_prefect = use_prefect and common.task_runner != "sync"
         self.body_s = 0.0
         self.flow_s = 0.0
         if self.use_prefect:
@@ -108,27 +255,28 @@ class Orchestrator:
         t = task(_guarded_call, name=name or fn.__name__, cache_policy=NO_CACHE, retries=0)
         results = [f.result() for f in t.map(list(items), unmapped(fn), unmapped(args))]
         for r in results:
-            if isinstance(r, _Refused):
-                raise LineageError(r.message)
+            if isinstance(r, _Raised):
+                raise r.exc
         return results
 
     def run(self, name: str, body: Callable[[], Any]) -> Any:
         """Run ``body`` as the flow ``name``; records flow and body wall time for the overhead metric."""
 
-        refused: list[LineageError] = []
+        raised: list[BaseException] = []
 
         def timed_body() -> Any:
             t0 = time.perf_counter()
             try:
                 return body()
-            except LineageError as e:
+            except (Exception, KeyboardInterrupt) as e:
                 if not self.use_prefect:
                     raise
-                # fail the flow run with the one-line reason instead of a logged traceback
+                # fail the flow run with a one-line reason instead of a logged traceback; the
+                # exception itself is re-raised below, outside Prefect
                 from prefect.states import Failed
 
-                refused.append(e)
-                return Failed(message=str(e))
+                raised.append(e)
+                return Failed(message=f"{type(e).__name__}: {str(e)[:300]}")
             finally:
                 self.body_s = time.perf_counter() - t0
 
@@ -142,8 +290,8 @@ class Orchestrator:
                 timed_body, name=name, task_runner=make_task_runner(self.common), validate_parameters=False
             )
             state = f(return_state=True)
-            if refused:
-                raise refused[0]
+            if raised:
+                raise raised[0]
             return state.result()
         finally:
             self.flow_s = time.perf_counter() - t0

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
 import time
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import Params, load_params
 from pipeline.errors import LineageError
-from pipeline.io import atomic_dir, write_json
-from pipeline.orchestration import Orchestrator, setup_env
+from pipeline.io import atomic_dir, remove_stale_temp_dirs, stage_lock, write_json
+from pipeline.orchestration import Orchestrator, prefect_api, setup_env
 
 
 @dataclass
@@ -43,23 +46,70 @@ def flatten_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, floa
     return out
 
 
+def _pattern(glob: str) -> re.Pattern[str]:
+    """A metric-key glob as a regex whose groups capture what each ``*`` matched (one path part)."""
+    return re.compile("^" + "([^/]*)".join(re.escape(part) for part in glob.split("*")) + "$")
+
+
+def headline_metrics(metrics: dict[str, Any], keys: Sequence[str]) -> dict[str, float]:
+    """The few numbers of a stage worth comparing across experiments, under short names unique
+    across stages (DVC then heads each column with the name alone, not the file path too).
+
+    Each entry is ``name=pattern`` or just ``pattern``: a glob over the flattened metric keys (``/``
+    between levels) whose ``*`` parts fill the ``*`` of the name, e.g. ``bpb/*=val/sources/*/bpb``.
+    """
+    flat = flatten_metrics(metrics)
+    out: dict[str, float] = {}
+    for entry in keys:
+        name, _, glob = entry.rpartition("=")
+        name = name or glob
+        rx = _pattern(glob)
+        for k, v in flat.items():
+            m = rx.match(k)
+            if m:
+                label = name
+                for part in m.groups():
+                    label = label.replace("*", part, 1)
+                out.setdefault(label, round(v, 4) if abs(v) < 1e6 else v)
+    return out
+
+
 def run_stage(
-    stage: str, body: Callable[[StageContext], dict[str, Any]], root: Path, params: Params
+    stage: str,
+    body: Callable[[StageContext], dict[str, Any]],
+    root: Path,
+    params: Params,
+    headline: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Run one stage in ``root``; returns its metrics. Raises LineageError on bad input."""
+    """Run one stage in ``root``; returns its metrics. Raises LineageError on bad input.
+
+    Writes data/<stage>/ atomically (with the detailed metrics.json) and metrics/<stage>.json (the
+    headline numbers DVC compares across experiments). The MLflow run ends FAILED unless all of
+    that succeeded; models are registered only then.
+    """
     from pipeline.tracking import stage_run
 
-    setup_env(params.common)
-    orch = Orchestrator(params.common)
-    t0 = time.perf_counter()
-    with atomic_dir(root / "data" / stage) as out, stage_run(stage, params, root) as tracker:
-        ctx = StageContext(stage, params, root, out, orch, tracker)
-        metrics = orch.run(stage, lambda: body(ctx))
-        metrics.setdefault("perf", {})
-        metrics["perf"]["wall_s"] = round(time.perf_counter() - t0, 3)
-        metrics["perf"]["flow_overhead_s"] = round(orch.overhead_s, 3)
-        write_json(out / "metrics.json", metrics)
-        tracker.log_metrics(flatten_metrics(metrics))
+    setup_env(params.common, root)
+    data = root / "data"
+    for stale in remove_stale_temp_dirs(data):
+        print(f"{stage}: removed {stale.relative_to(root)}, left by a killed run", file=sys.stderr)
+    with stage_lock(data, stage), prefect_api(root, params.common) as api:
+        orch = Orchestrator(params.common, use_prefect=api is not None)
+        t0 = time.perf_counter()
+        with stage_run(stage, params, root) as tracker:
+            with atomic_dir(data / stage) as out:
+                ctx = StageContext(stage, params, root, out, orch, tracker)
+                metrics = orch.run(stage, lambda: body(ctx))
+                metrics.setdefault("perf", {})
+                metrics["perf"]["wall_s"] = round(time.perf_counter() - t0, 3)
+                metrics["perf"]["flow_overhead_s"] = round(orch.overhead_s, 3)
+                write_json(out / "metrics.json", metrics)
+            try:
+                write_json(root / "metrics" / f"{stage}.json", headline_metrics(metrics, headline))
+            except OSError as e:
+                raise LineageError(f"{root / 'metrics'}: cannot write {stage}.json ({e})") from None
+            tracker.log_metrics(flatten_metrics(metrics))
+            tracker.commit()  # deferred model registrations: only for a stage that succeeded
     return metrics
 
 
@@ -74,7 +124,7 @@ def run_worker(stage: str, body: Callable[[StageContext], dict[str, Any]], argv:
     root = Path(args.root).resolve()
     try:
         params = load_params(root / args.params)
-        setup_env(params.common)
+        setup_env(params.common, root)
         with tempfile.TemporaryDirectory() as out:
             body(
                 StageContext(
@@ -98,7 +148,22 @@ def make_dirs(root: Path, *names: str) -> None:
         (root / name).mkdir(parents=True, exist_ok=True)
 
 
-def main(stage: str, body: Callable[[StageContext], dict[str, Any]], argv: list[str] | None = None) -> int:
+def one_line(exc: BaseException) -> str:
+    """An unexpected exception as one line: its type, message and where it was raised."""
+    tb = traceback.extract_tb(exc.__traceback__)
+    where = f" at {Path(tb[-1].filename).name}:{tb[-1].lineno}" if tb else ""
+    msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+    return f"{type(exc).__name__}{': ' + msg if msg else ''}{where}"
+
+
+def main(
+    stage: str,
+    body: Callable[[StageContext], dict[str, Any]],
+    argv: list[str] | None = None,
+    headline: Sequence[str] = (),
+) -> int:
+    """The stage's command line: one line on stderr and a non-zero exit for anything that goes wrong
+    (LINEAGE_DEBUG=1 shows the traceback of an unexpected error)."""
     ap = argparse.ArgumentParser(prog=f"python -m stages.{stage}", description=f"Run the {stage} stage.")
     ap.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     ap.add_argument("--root", default=".", help="project root holding data/ (default: .)")
@@ -106,14 +171,28 @@ def main(stage: str, body: Callable[[StageContext], dict[str, Any]], argv: list[
     root = Path(args.root).resolve()
     try:
         params = load_params(root / args.params if not Path(args.params).is_absolute() else args.params)
-        metrics = run_stage(stage, body, root, params)
+        metrics = run_stage(stage, body, root, params, headline)
     except LineageError as e:
         print(f"error: {stage}: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"error: {stage}: interrupted; nothing was written", file=sys.stderr)
         return 130
-    summary = {k: v for k, v in flatten_metrics(metrics).items() if not k.startswith("perf/")}
+    except OSError as e:
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"error: {stage}: {where}{e.strerror or e} ({type(e).__name__})", file=sys.stderr)
+        return 1
+    except Exception as e:
+        if os.environ.get("LINEAGE_DEBUG"):
+            traceback.print_exc()
+        print(
+            f"error: {stage}: unexpected {one_line(e)} (LINEAGE_DEBUG=1 shows the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+    summary = headline_metrics(metrics, headline) or {
+        k: v for k, v in flatten_metrics(metrics).items() if not k.startswith("perf/")
+    }
     shown = ", ".join(f"{k}={v:g}" for k, v in list(summary.items())[:8])
     print(f"{stage}: done in {metrics['perf']['wall_s']:.1f}s; {shown}")
     return 0

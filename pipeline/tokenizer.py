@@ -283,6 +283,18 @@ class TokenData:
     def n_tokens(self) -> int:
         return int(self.offsets[-1])
 
+    def check_ids(self, vocab_size: int, where: str | Path) -> None:
+        """Refuse ids the model has no embedding for (a token file from another tokenizer, or a
+        damaged one): an index error deep in training otherwise, or silently reused checkpoints."""
+        step = 1 << 24
+        for i in range(0, len(self.tokens), step):
+            top = int(np.max(self.tokens[i : i + step]))
+            if top >= vocab_size:
+                raise LineageError(
+                    f"{where}: token id {top} is outside the vocabulary of {vocab_size} (meta.json); "
+                    "the token files do not match their tokenizer: rerun `dvc repro -f tokenize`"
+                )
+
     def doc(self, i: int, with_eot: bool = False) -> np.ndarray:
         """Document ``i``'s ids, without its trailing end-of-text id unless ``with_eot``."""
         end = int(self.offsets[i + 1])
@@ -307,8 +319,14 @@ def open_tokens(directory: str | Path, split: str, dtype: str | np.dtype | None 
     for p in (bin_path, idx_path, src_path):
         if not p.is_file():
             raise LineageError(f"{p}: token file missing")
-    offsets = np.load(idx_path)
-    sources = np.load(src_path)
+    try:
+        offsets = np.load(idx_path, allow_pickle=False)
+        sources = np.load(src_path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise LineageError(
+            f"{directory}/{split}: unreadable index file ({type(e).__name__}: {str(e)[:120]}); "
+            "rerun `dvc repro -f tokenize`"
+        ) from None
     size = bin_path.stat().st_size
     if size % dt.itemsize:
         raise LineageError(f"{bin_path}: {size} bytes is not a whole number of {dtype_name(dt)} ids")

@@ -57,6 +57,7 @@ def resolve_tracking_uri(uri: str, root: Path) -> str:
 class Tracker:
     def __init__(self, mlflow: Any):
         self._mlflow = mlflow
+        self._on_success: list[Any] = []
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         clean = {
@@ -78,7 +79,18 @@ class Tracker:
         self._mlflow.log_text(text, name)
 
     def log_model(self, model: Any, registered_name: str) -> None:
-        """Log a torch model and register it in the MLflow model registry."""
+        """Log a torch model and register it in the MLflow model registry, once the stage has
+        succeeded: a failed stage never adds a model version."""
+        self._on_success.append(lambda: self._register(model, registered_name))
+
+    def commit(self) -> None:
+        """Run what waits for the stage's success (model registrations)."""
+        pending, self._on_success = self._on_success, []
+        for action in pending:
+            action()
+
+    @staticmethod
+    def _register(model: Any, registered_name: str) -> None:
         import mlflow.pytorch
         import torch
 

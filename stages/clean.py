@@ -46,4 +46,4 @@ def body(ctx: StageContext) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    sys.exit(main("clean", body))
+    sys.exit(main("clean", body, headline=["clean_docs=docs_out", "clean_keep=keep_rate"]))

@@ -58,4 +58,4 @@ def body(ctx: StageContext) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    sys.exit(main("crawl", body))
+    sys.exit(main("crawl", body, headline=["crawl_docs=docs_out", "pages=pages_fetched"]))

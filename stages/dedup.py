@@ -218,4 +218,15 @@ def body(ctx: StageContext) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    sys.exit(main("dedup", body))
+    sys.exit(
+        main(
+            "dedup",
+            body,
+            headline=[
+                "dedup_docs=docs_out",
+                "dup_rate=duplicate_rate",
+                "clusters",
+                "contaminated=decontamination/docs_contaminated",
+            ],
+        )
+    )

@@ -109,4 +109,4 @@ def body(ctx: StageContext) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    sys.exit(main("mix", body))
+    sys.exit(main("mix", body, headline=["train_tokens", "epochs/*=sources/*/epochs"]))

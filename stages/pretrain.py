@@ -28,7 +28,17 @@ from pipeline.train.loop import Trainer, measure_peak_flops, setup_distributed
 NOT_IN_RUN_KEY = {
     "max_minutes", "resume", "log_interval", "eval_interval", "eval_windows", "checkpoint_interval", "device",
     "compile", "peak_flops", "sample_tokens", "sample_prompts", "temperature", "top_k", "top_p", "export_hf",
+    "keep_checkpoints_every",
 }  # fmt: skip
+
+# the numbers `dvc exp show` compares (metrics/pretrain.json)
+HEADLINE = [
+    "val_loss=val/loss",
+    "bpb/*=val/sources/*/bpb",
+    "tokens_seen=train/tokens",
+    "tok_per_s=perf/tokens_per_s",
+    "mfu=perf/mfu",
+]
 
 
 def model_config(cfg: PretrainConfig, vocab_size: int) -> GPTConfig:
@@ -43,18 +53,17 @@ def run_key(cfg: PretrainConfig, seed: int, tok_dir: Path) -> str:
     settings = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in NOT_IN_RUN_KEY}
     h = hashlib.sha256(json.dumps({"cfg": settings, "seed": seed}, sort_keys=True).encode())
     h.update((tok_dir / "tokenizer.json").read_bytes())
+    h.update((tok_dir / "meta.json").read_bytes())  # token counts per split and source
     h.update(str((tok_dir / "train.bin").stat().st_size).encode())
     return h.hexdigest()[:16]
 
 
-def make_sampler(
-    ctx: StageContext, tokenizer: Any, cfg: PretrainConfig, device: torch.device, samples: list[str]
-):
+def make_sampler(ctx: StageContext, tokenizer: Any, cfg: PretrainConfig, device: torch.device):
     eot = tokenizer.token_to_id("<|endoftext|>")
 
-    def sample(model: GPT, step: int) -> None:
+    def sample(model: GPT, step: int) -> str | None:
         if not cfg.sample_tokens:
-            return
+            return None
         gen = torch.Generator(device=device).manual_seed(step)
         texts = []
         for prompt in cfg.sample_prompts:
@@ -65,9 +74,9 @@ def make_sampler(
             )  # fmt: skip
             texts.append(tokenizer.decode(out[0].tolist()))
         block = f"## step {step}\n\n" + "\n\n---\n\n".join(texts) + "\n"
-        samples.append(block)
         if ctx.tracker is not None:
             ctx.tracker.log_text(block, f"samples/step_{step:06d}.txt")
+        return block
 
     return sample
 
@@ -80,6 +89,9 @@ def body(ctx: StageContext) -> dict[str, Any]:
     meta = read_meta(tok_dir)
     train = open_tokens(tok_dir, "train")
     val = open_tokens(tok_dir, "val") if (tok_dir / "val.bin").is_file() else None
+    train.check_ids(meta["vocab_size"], tok_dir / "train.bin")
+    if val is not None:
+        val.check_ids(meta["vocab_size"], tok_dir / "val.bin")
     try:
         mcfg = model_config(cfg, meta["vocab_size"])
     except ValueError as e:
@@ -96,11 +108,10 @@ def body(ctx: StageContext) -> dict[str, Any]:
     dist, device = setup_distributed(cfg.device)
     tokenizer = load_tokenizer(tok_dir / "tokenizer.json")
     checkpoint = ctx.root / "checkpoints" / "pretrain" / run_key(cfg, seed, tok_dir) / "ckpt.pt"
-    samples: list[str] = []
     log = (lambda m, step: ctx.tracker.log_metrics(m, step=step)) if ctx.tracker else (lambda m, step: None)
     trainer = Trainer(
         mcfg, cfg, seed, train, val, sources, tpb, checkpoint, log=log,
-        sample=make_sampler(ctx, tokenizer, cfg, device, samples), dist=dist, device=device,
+        sample=make_sampler(ctx, tokenizer, cfg, device), dist=dist, device=device,
     )  # fmt: skip
     peak = cfg.peak_flops or measure_peak_flops(device, trainer.dtype)
     result = trainer.run(peak)
@@ -116,7 +127,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
         except LineageError as e:  # e.g. gpt3 with biases has no exact GPT-Neo equivalent
             print(f"pretrain: Hugging Face export skipped: {e}", file=sys.stderr)
             (ctx.out / "hf" / "NOT_EXPORTED.txt").write_text(f"{e}\n")
-    (ctx.out / "samples.md").write_text("\n".join(samples))
+    (ctx.out / "samples.md").write_text("\n".join(trainer.samples))
     train_rows = [
         {"step": h["step"], "loss": h["train/loss"], "lr": h["train/lr"]}
         for h in trainer.history
@@ -180,7 +191,7 @@ def launch(argv: list[str] | None = None) -> int:
         from pipeline.stage import run_worker
 
         return run_worker("pretrain", body, args)
-    return main("pretrain", body, args)
+    return main("pretrain", body, args, headline=HEADLINE)
 
 
 if __name__ == "__main__":

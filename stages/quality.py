@@ -133,4 +133,10 @@ def body(ctx: StageContext) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    sys.exit(main("quality", body))
+    sys.exit(
+        main(
+            "quality",
+            body,
+            headline=["auc=classifier/auc", "quality_docs=docs_out", "web_keep=web_keep_rate"],
+        )
+    )

@@ -15,11 +15,9 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
-import pyarrow.parquet as pq
-
 from pipeline.config import EOT
 from pipeline.errors import LineageError
-from pipeline.io import list_shards, write_json
+from pipeline.io import list_shards, read_parquet, write_json
 from pipeline.stage import StageContext, main
 from pipeline.tokenizer import (
     MAX_SOURCES,
@@ -44,13 +42,13 @@ ROUNDTRIP_DOCS = 8
 
 def read_texts(shards: list[str]) -> Iterator[str]:
     for shard in shards:
-        yield from (t or "" for t in pq.read_table(shard, columns=["text"]).column("text").to_pylist())
+        yield from (t or "" for t in read_parquet(shard, ["text"]).column("text").to_pylist())
 
 
 def source_names(shards: list[str]) -> list[str]:
     names: set[str] = set()
     for shard in shards:
-        names.update(pq.read_table(shard, columns=["source"]).column("source").unique().to_pylist())
+        names.update(read_parquet(shard, ["source"]).column("source").unique().to_pylist())
     return sorted(n for n in names if n is not None)
 
 
@@ -60,7 +58,7 @@ def encode_shard(
     """Encode one parquet shard of ``split`` into the token files ``<split>-<i>.*`` in ``work``."""
     split, i, shard = item
     tok = load_tokenizer(tokenizer_path)
-    table = pq.read_table(shard, columns=["source", "text"])
+    table = read_parquet(shard, ["source", "text"])
     texts = [t or "" for t in table.column("text").to_pylist()]
     sources = table.column("source").to_pylist()
     t0 = time.perf_counter()
@@ -197,4 +195,4 @@ def body(ctx: StageContext) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    sys.exit(main("tokenize", body))
+    sys.exit(main("tokenize", body, headline=["vocab=vocab_size", "bytes_per_token"]))

@@ -19,6 +19,19 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 
+
+def shipped_params() -> dict[str, Any]:
+    """params.yaml as committed: `dvc exp run` leaves the workspace copy changed, and a test must
+    not depend on what the last experiment set."""
+    import subprocess
+
+    import yaml
+
+    out = subprocess.run(
+        ["git", "show", "HEAD:params.yaml"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    return yaml.safe_load(out.stdout if out.returncode == 0 else (ROOT / "params.yaml").read_text())
+
 WORDS = [
     "river",
     "mountain",
@@ -110,6 +123,24 @@ def junk(rng: random.Random, n_words: int) -> str:
         "(c)2024",
     ]
     return "\n".join(" | ".join(rng.choice(items) for _ in range(6)) for _ in range(max(1, n_words // 6)))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_api(tmp_path_factory):
+    """One Prefect server for the whole test session, as `lineage run` gives a pipeline run: stages
+    run in-process then cost a second of orchestration instead of a server start each."""
+    from pipeline.orchestration import prefect_server
+
+    if os.environ.get("PREFECT_API_URL"):
+        yield os.environ["PREFECT_API_URL"]
+        return
+    with prefect_server(tmp_path_factory.mktemp("prefect")) as url:
+        if url:
+            os.environ["PREFECT_API_URL"] = url
+        try:
+            yield url
+        finally:
+            os.environ.pop("PREFECT_API_URL", None)
 
 
 @pytest.fixture(scope="module")

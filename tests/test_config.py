@@ -5,11 +5,11 @@ import yaml
 
 from pipeline.config import deep_merge, flatten, load_params, parse_params
 from pipeline.errors import LineageError
-from tests.conftest import ROOT, files_params
+from tests.conftest import ROOT, files_params, shipped_params
 
 
 def test_shipped_params_validate():
-    params = load_params(ROOT / "params.yaml")
+    params = parse_params(shipped_params())
     assert params.quality.alpha == 9.0
     assert params.quality.n_features == 2**18
 
@@ -17,7 +17,7 @@ def test_shipped_params_validate():
 @pytest.mark.parametrize("profile", sorted(p.stem for p in (ROOT / "profiles").glob("*.yaml")))
 def test_every_profile_validates_over_params(profile: str):
     over = yaml.safe_load((ROOT / "profiles" / f"{profile}.yaml").read_text())
-    merged = parse_params(deep_merge(yaml.safe_load((ROOT / "params.yaml").read_text()), over))
+    merged = parse_params(deep_merge(shipped_params(), over))
     for key, value in flatten(over).items():
         section, *rest = key.split(".")
         got = getattr(merged, section).model_dump(mode="json")

@@ -14,7 +14,17 @@ import pytest
 
 from pipeline.config import CrawlOptions
 from pipeline.errors import LineageError
-from pipeline.text.crawl import Fetch, crawl, decode_body, extract_links, host_scope, normalize_url
+from pipeline.text.crawl import (
+    Fetch,
+    crawl,
+    crawl_delay,
+    decode_body,
+    extract_links,
+    host_scope,
+    normalize_url,
+    retry_after_s,
+    text_problem,
+)
 
 MAX_BYTES = 4096
 BIG_CHUNKS = 4096  # /big.html offers 4 MiB
@@ -153,6 +163,20 @@ class Handler(BaseHTTPRequestHandler):
             n = int(path.rsplit("/", 1)[1])
             time.sleep(0.01)  # long enough for concurrent requests to overlap
             self.send(200, links(f"/chain/{n + 1}", f"/chain/{n + 2}") if n < 30 else html("<p>end</p>"))
+        elif path == "/binary.html":  # an image that claims to be a page
+            self.send(200, b"\x89PNG\r\n\x1a\n" + bytes(200))
+        elif path == "/empty.html":
+            self.send(200, b"")
+        elif path == "/busy":  # 503 with Retry-After: 1 the first time, then the page
+            self.send(
+                *(
+                    (503, b"", "text/html", True, {"Retry-After": "1"})
+                    if site.hits[path] == 1
+                    else (200, html("ok"))
+                )
+            )
+        elif path == "/busy-long":
+            self.send(429, b"", headers={"Retry-After": "3600"})
         elif path == "/slow":
             time.sleep(1.0)
             self.send(200, html("<p>late</p>"))
@@ -426,3 +450,50 @@ def test_decode_body() -> None:
     assert decode_body(b"ok " * 200 + b"\xff", "utf-8") is not None  # one bad byte is tolerated
     assert decode_body(b"\xff\xfe\xfa" * 50, "utf-8") is None
     assert decode_body("ü".encode("latin-1"), "no-such-charset") is None  # falls back to utf-8
+
+
+# --------------------------------------------------------------------------------- small hostile cases
+def test_binary_and_empty_bodies_are_dropped_with_a_reason(site: Site) -> None:
+    log = run(site, [site.url("/binary.html"), site.url("/empty.html"), site.url("/page2")])
+    assert (log[site.url("/binary.html")].error, log[site.url("/binary.html")].content) == ("binary", None)
+    assert (log[site.url("/empty.html")].error, log[site.url("/empty.html")].status) == ("empty", 200)
+    assert log[site.url("/page2")].error is None
+
+
+def test_text_problem() -> None:
+    assert text_problem("  \n ") == "empty" and text_problem("a\x00b") == "binary"
+    assert text_problem("x" * 50 + "\x01\x02") == "binary" and text_problem("tab\there\r\n") is None
+
+
+def test_retry_after_is_honoured(site: Site) -> None:
+    t0 = time.monotonic()
+    f = run(site, [site.url("/busy")], retries=2, backoff_s=0.01)[site.url("/busy")]
+    assert f.error is None and site.hits["/busy"] == 2
+    assert time.monotonic() - t0 >= 0.95  # waited the second asked for, not the 10 ms backoff
+
+
+def test_retry_after_longer_than_the_cap_gives_up(site: Site) -> None:
+    f = run(site, [site.url("/busy-long")], retries=3, max_retry_after_s=5)[site.url("/busy-long")]
+    assert (f.error, site.hits["/busy-long"]) == ("http_429", 1)
+
+
+def test_retry_after_s_forms() -> None:
+    assert retry_after_s("7") == 7.0 and retry_after_s(None) is None and retry_after_s("soon") is None
+    now = 1_700_000_000.0  # Tue, 14 Nov 2023 22:13:20 GMT
+    assert retry_after_s("Tue, 14 Nov 2023 22:13:50 GMT", now=now) == 30.0
+    assert retry_after_s("Tue, 14 Nov 2023 22:00:00 GMT", now=now) == 0.0  # already past
+
+
+def test_fractional_crawl_delay() -> None:
+    lines = ["User-agent: other", "Crawl-delay: 9", "", "User-agent: *", "Crawl-delay: 0.1", "Disallow: /x"]
+    assert crawl_delay(lines, "gpt-lineage-crawler/0.1") == 0.1
+    assert crawl_delay(lines, "other-bot/2") == 9.0
+    assert crawl_delay(["User-agent: *", "Crawl-delay: nan"], "a") is None
+
+
+def test_fractional_crawl_delay_paces_the_crawl(site: Site) -> None:
+    site.robots = "User-agent: *\nCrawl-delay: 0.2\n"
+    t0 = time.monotonic()
+    log = run(site, [site.url("/chain/0")], max_pages=3, max_depth=50, concurrency=4, per_host_concurrency=4)
+    assert len(log) == 3
+    assert time.monotonic() - t0 >= 3 * 0.2 - 0.02  # robots -> page 1 -> page 2 -> page 3

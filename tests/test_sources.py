@@ -71,7 +71,7 @@ def test_corrupt_or_missing_warc_is_one_clear_error(tmp_path: Path):
     write_warc(tmp_path / "good.warc.gz")
     data = (tmp_path / "good.warc.gz").read_bytes()
     (tmp_path / "bad.warc.gz").write_bytes(data[: len(data) // 2] + b"\x00garbage" * 50)
-    with pytest.raises(LineageError, match=r"bad\.warc\.gz: (corrupt|not a valid) WARC"):
+    with pytest.raises(LineageError, match=r"bad\.warc\.gz: (corrupt|not a valid|truncated) WARC"):
         read_warc_source("cc", WarcSource(kind="warc", paths=["bad.warc.gz"]), tmp_path)
     (tmp_path / "text.warc").write_text("this is not a warc file\n" * 10)
     with pytest.raises(LineageError, match=r"text\.warc: (corrupt|not a valid) WARC"):
@@ -165,3 +165,48 @@ def test_pydoc_server_stops(tmp_path: Path):
         proc = server.proc
         assert server.url.startswith("http://127.0.0.1:")
     assert proc is not None and proc.poll() is not None
+
+
+def _warc_bytes(gzip: bool) -> tuple[bytes, list[str]]:
+    """A WARC with several text records, and the text of each."""
+    from warcio.statusandheaders import StatusAndHeaders
+    from warcio.warcwriter import WARCWriter
+
+    texts = [f"<html><body><p>page {i} " + "words and more words " * (20 + 15 * i) + "</p></body></html>"
+             for i in range(5)]  # fmt: skip
+    out = io.BytesIO()
+    writer = WARCWriter(out, gzip=gzip)
+    for i, text in enumerate(texts):
+        headers = StatusAndHeaders(
+            "200 OK", [("Content-Type", "text/html; charset=utf-8")], protocol="HTTP/1.1"
+        )
+        rec = writer.create_warc_record(
+            f"http://example.org/{i}", "response", payload=io.BytesIO(text.encode()), http_headers=headers
+        )
+        writer.write_record(rec)
+    return out.getvalue(), texts
+
+
+@pytest.mark.parametrize("gzip", [True, False], ids=["warc.gz", "warc"])
+def test_truncated_warc_never_yields_a_cut_document(tmp_path: Path, gzip: bool):
+    data, texts = _warc_bytes(gzip)
+    name = "cut.warc.gz" if gzip else "cut.warc"
+    whole = read_warc_source("cc", WarcSource(kind="warc", paths=[name]), _write(tmp_path, name, data))
+    assert [d["text"] for d in whole] == texts
+    outcomes = {"error": 0, "complete": 0}
+    for cut in range(1, len(data), 97):
+        (tmp_path / name).write_bytes(data[:cut])
+        try:
+            docs = read_warc_source("cc", WarcSource(kind="warc", paths=[name]), tmp_path)
+        except LineageError as e:
+            assert name in str(e) and "\n" not in str(e), str(e)
+            outcomes["error"] += 1
+            continue
+        assert [d["text"] for d in docs] == texts[: len(docs)], f"cut at {cut} gave a partial document"
+        outcomes["complete"] += 1
+    assert outcomes["error"] > 0
+
+
+def _write(root: Path, name: str, data: bytes) -> Path:
+    (root / name).write_bytes(data)
+    return root

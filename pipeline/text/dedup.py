@@ -23,7 +23,7 @@ import numpy as np
 
 from pipeline.config import DedupConfig
 from pipeline.errors import LineageError
-from pipeline.io import iter_jsonl
+from pipeline.io import iter_jsonl, read_parquet
 
 TOKEN_RE = re.compile(r"\w+")
 
@@ -141,7 +141,6 @@ def ngrams(words: list[str], n: int) -> Iterator[str]:
 
 def read_eval_texts(paths: list[str], root: Path, fields: list[str]) -> list[str]:
     """Texts of the evaluation sets named in ``dedup.eval_files`` (txt: one per paragraph)."""
-    import pyarrow.parquet as pq
 
     texts: list[str] = []
     for p in paths:
@@ -152,7 +151,7 @@ def read_eval_texts(paths: list[str], root: Path, fields: list[str]) -> list[str
             for _, row in iter_jsonl(path):
                 texts.append(" ".join(_field_texts(row, fields)))
         elif path.suffix == ".parquet":
-            for row in pq.read_table(path).to_pylist():
+            for row in read_parquet(path).to_pylist():
                 texts.append(" ".join(_field_texts(row, fields)))
         else:
             texts.extend(t for t in re.split(r"\n\s*\n", path.read_text(errors="replace")) if t.strip())

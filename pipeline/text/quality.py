@@ -16,7 +16,8 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.config import QualityConfig
-from pipeline.io import write_table
+from pipeline.errors import LineageError
+from pipeline.io import read_parquet, write_table
 from pipeline.text.clean import CLEAN_SCHEMA
 
 SCORED_SCHEMA = CLEAN_SCHEMA.append(pa.field("score", pa.float64()))
@@ -92,11 +93,58 @@ def load_classifier(path: Path) -> Any:
     return _load_classifier(str(path), stat.st_mtime_ns, stat.st_size)
 
 
+# Every type our classifier file legitimately names (what make_classifier builds, fitted), and no other.
+# skops trusts many of these by default; listing them all makes the file's whole vocabulary explicit, so a
+# replaced file naming anything else (os.system, builtins.eval, another estimator) is refused unread.
+ALLOWED_SKOPS_TYPES = frozenset(
+    {
+        "sklearn.pipeline.Pipeline",
+        "sklearn.feature_extraction.text.HashingVectorizer",
+        "sklearn.linear_model._logistic.LogisticRegression",
+        "numpy.ndarray",
+        "numpy.float64",  # HashingVectorizer's dtype parameter, stored as a type
+        *(f"builtins.{t}" for t in ("dict", "list", "tuple", "str", "int", "float", "bool", "NoneType")),
+    }
+)
+
+
+def _skops_types(path: str) -> set[str]:
+    """``module.class`` of every node in the file's schema.json, read as JSON without building anything."""
+    import json
+    import zipfile
+
+    found: set[str] = set()
+    stack: list[Any] = [json.loads(zipfile.ZipFile(path).read("schema.json"))]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if "__class__" in node:
+                found.add(f"{node.get('__module__')}.{node['__class__']}")
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return found
+
+
 @functools.lru_cache(maxsize=4)
 def _load_classifier(path: str, mtime_ns: int, size: int) -> Any:
+    """Refuse the file unless every type it names is on the allowlist, by our reading of the schema and
+    by skops' own; then load it trusting exactly those types (skops refuses anything else itself)."""
+    import zipfile
+
     import skops.io as sio
 
-    return sio.load(path, trusted=sio.get_untrusted_types(file=path))
+    rebuild = "rerun `dvc repro -f quality` to rebuild it"
+    try:
+        untrusted = set(sio.get_untrusted_types(file=path))
+        bad = sorted((_skops_types(path) | untrusted) - ALLOWED_SKOPS_TYPES)
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
+        raise LineageError(
+            f"{path}: not a readable skops file ({type(e).__name__}: {e}); {rebuild}"
+        ) from None
+    if bad:
+        raise LineageError(f"{path}: refuses to load untrusted type(s) {bad}; {rebuild}")
+    return sio.load(path, trusted=sorted(untrusted))
 
 
 def score_shard(
@@ -110,10 +158,9 @@ def score_shard(
 ) -> dict[str, Any]:
     """Score every document of one shard (held-out score where it was a training document) and
     filter the negatives' documents with the Pareto rule. Stays in Arrow: no per-row Python dicts."""
-    import pyarrow.parquet as pq
 
     index, shard = item
-    table = pq.read_table(shard)
+    table = read_parquet(shard)
     if table.num_rows == 0:
         return {"scores": {}, "kept": {}, "total": {}}
     ids = table.column("id").to_pylist()
@@ -123,6 +170,9 @@ def score_shard(
     if not seen.all():
         texts = table.column("text").filter(pa.array(~seen)).to_pylist()
         scores[~seen] = load_classifier(Path(classifier)).predict_proba(texts)[:, 1]
+    # numpy's SIMD reductions can differ in the last bits from run to run (memory alignment): six
+    # decimals make the scores, the keep decisions and so every output after this stage repeatable
+    scores = np.round(scores, 6)
     rng = np.random.default_rng([seed, index])  # per shard, so the result does not depend on task order
     keep = pareto_keep(scores, cfg.alpha, rng) | ~np.isin(sources, list(negatives))
     table = table.append_column("score", pa.array(scores, pa.float64())).cast(SCORED_SCHEMA)

@@ -26,15 +26,9 @@ from pipeline.config import FilesSource, HfSource, HttpSource, PydocSource, Pyth
 from pipeline.errors import LineageError
 from pipeline.io import DOC_SCHEMA, iter_jsonl
 
-RAW_SCHEMA = pa.schema(
-    [
-        *DOC_SCHEMA,
-        ("status", pa.int32()),
-        ("final_url", pa.string()),
-        ("fetched_at", pa.float64()),
-        ("fetch_s", pa.float64()),
-    ]
-)
+# when and how fast a page was fetched lives in the fetch log only: the documents hold nothing that
+# changes between two crawls of the same content, so the stages after crawl rerun only on new text
+RAW_SCHEMA = pa.schema([*DOC_SCHEMA, ("status", pa.int32()), ("final_url", pa.string())])
 
 FETCH_LOG_SCHEMA = pa.schema(
     [
@@ -172,22 +166,112 @@ def read_pydoc_source(name: str, src: PydocSource) -> tuple[list[dict], list[dic
     for d in docs:  # the port changes every run: key documents by path so ids are stable
         path = re.sub(r"^http://127\.0\.0\.1:\d+", "", d["url"])
         d["url"] = f"pydoc:{path}"
+        d["final_url"] = "pydoc:" + re.sub(r"^http://127\.0\.0\.1:\d+", "", d.get("final_url") or "")
         d["id"] = doc_id(name, d["url"])
     return docs, log
 
 
 # ------------------------------------------------------------------------------------------------ WARC
-def _open_stream(path: str, timeout_s: float) -> Any:
-    if re.match(r"https?://", path):
-        import httpx
+GZIP_MAGIC = b"\x1f\x8b"
+WARC_READ_CHUNK = 1 << 20  # raw bytes per read; warcio also reads this much per step (its header lines
+# are re-joined per step, so small steps make a long line quadratic)
 
+
+class WarcInput(io.RawIOBase):
+    """A WARC/WET file (local or an open download) as the plain, uncompressed byte stream warcio reads.
+
+    Decompressing here, in bounded steps, rather than in warcio lets us count what a file costs and
+    tell a cut file from a whole one: stored bytes are capped by ``max_bytes``, decompressed bytes by
+    ``max_decompressed_bytes``, each gzip member (one record) by ``max_record_bytes``, and a file that
+    ends inside a gzip member is one LineageError instead of a silently shortened last record.
+    """
+
+    def __init__(self, raw: Any, path: str, src: WarcSource, key: str) -> None:
+        from pipeline.text.crawl import Inflater
+
+        super().__init__()
+        self.raw, self.path, self.src, self.key = raw, path, src, key
+        first = raw.read(WARC_READ_CHUNK)
+        self.stored = len(first)
+        self.inflater = Inflater("gzip" if first.startswith(GZIP_MAGIC) else "identity")
+        self.gzipped = first.startswith(GZIP_MAGIC)
+        self.out = 0
+        self.pieces: Iterator[bytes] = self._decode(first)
+        self.buf = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        while not self.buf:
+            piece = next(self.pieces, None)
+            if piece is None:
+                return 0
+            self.buf = memoryview(piece)
+        n = min(len(b), len(self.buf))
+        b[:n] = self.buf[:n]
+        self.buf = self.buf[n:]
+        return n
+
+    def _decode(self, first: bytes) -> Iterator[bytes]:
+        """Decoded pieces of the whole file, with every cap checked before a piece is handed out."""
+        import zlib
+
+        chunk = first
         try:
-            r = httpx.get(path, timeout=timeout_s, follow_redirects=True)
-            r.raise_for_status()
-        except httpx.HTTPError as e:
-            raise LineageError(f"{path}: cannot fetch WARC: {type(e).__name__}: {e}") from None
-        return io.BytesIO(r.content)
-    return open(path, "rb")  # noqa: SIM115 - closed by the caller
+            while chunk:
+                for piece in self.inflater.feed(chunk):
+                    self._count(len(piece))
+                    yield piece
+                chunk = self.raw.read(WARC_READ_CHUNK)
+                self.stored += len(chunk)
+                if self.stored > self.src.max_bytes:
+                    self._fail(f"larger than {self.key}.max_bytes={self.src.max_bytes} bytes")
+        except zlib.error as e:
+            raise LineageError(f"{self.path}: corrupt WARC/WET file: bad gzip data ({e})") from None
+        if not self.inflater.complete():
+            raise LineageError(
+                f"{self.path}: truncated WARC/WET file: it ends inside a gzip member "
+                f"(a cut download or copy) after {self.stored} bytes"
+            )
+
+    def _count(self, n: int) -> None:
+        self.out += n
+        if self.out > self.src.max_decompressed_bytes:
+            self._fail(
+                f"decompresses past {self.key}.max_decompressed_bytes={self.src.max_decompressed_bytes}"
+            )
+        if self.gzipped and self.inflater.member_bytes > self.src.max_record_bytes:
+            self._fail(
+                f"a gzip member (record) decompresses past "
+                f"{self.key}.max_record_bytes={self.src.max_record_bytes}"
+            )
+
+    def _fail(self, why: str) -> None:
+        raise LineageError(f"{self.path}: refused WARC/WET file: {why}")
+
+    def close(self) -> None:
+        if not self.closed:
+            self.raw.close()
+        super().close()
+
+
+def _open_stream(path: str, src: WarcSource, key: str) -> WarcInput:
+    """A local file or, for an http(s) path, a download streamed under the crawler's guards."""
+    if re.match(r"https?://", path):
+        from pipeline.text.crawl import open_url
+
+        raw: Any = open_url(
+            path, user_agent=src.user_agent, timeout_s=src.timeout_s, max_redirects=src.max_redirects,
+            allow_private=src.allow_private, respect_robots=src.respect_robots, what="WARC",
+        )  # fmt: skip
+    else:
+        raw = open(path, "rb")  # noqa: SIM115 - closed with the WarcInput
+    try:
+        return WarcInput(raw, path, src, key)
+    except BaseException:
+        raw.close()
+        raise
 
 
 def expand_paths(patterns: list[str], root: Path, key: str) -> list[str]:
@@ -205,57 +289,106 @@ def expand_paths(patterns: list[str], root: Path, key: str) -> list[str]:
 
 
 def read_warc_source(name: str, src: WarcSource, root: Path) -> list[dict]:
+    """Documents from the source's WARC/WET files, read record by record (never a whole file in memory).
+
+    Any damage is one LineageError naming the file; a record is never emitted cut short.
+    """
+    key = f"crawl.sources.{name}"
+    docs: list[dict] = []
+    for path in expand_paths(src.paths, root, f"{key}.paths"):
+        with _open_stream(path, src, key) as stream:
+            if _read_warc_file(name, src, path, stream, docs):
+                break
+    return docs
+
+
+def _read_warc_file(name: str, src: WarcSource, path: str, stream: WarcInput, docs: list[dict]) -> bool:
+    """Append the file's documents to ``docs``; True once ``max_docs`` is reached."""
     from warcio.archiveiterator import ArchiveIterator
     from warcio.exceptions import ArchiveLoadFailed
 
-    docs: list[dict] = []
-    for path in expand_paths(src.paths, root, f"crawl.sources.{name}.paths"):
-        stream = _open_stream(path, src.timeout_s)
-        records = 0
-        try:
-            for rec in ArchiveIterator(stream):
-                records += 1
-                if not str(rec.format).startswith("warc"):  # warcio reads any text as legacy ARC
-                    raise LineageError(
-                        f"{path}: not a valid WARC/WET file: record {records} is {rec.format!r}, not WARC"
-                    )
-                if rec.rec_type not in src.record_types:
-                    continue
-                url = rec.rec_headers.get_header("WARC-Target-URI") or ""
-                if rec.rec_type == "response":
-                    if rec.http_headers is None:
-                        continue
-                    ctype = (rec.http_headers.get_header("Content-Type") or "").split(";")[0].strip().lower()
-                    status = int(rec.http_headers.get_statuscode() or 0)
-                    if status != 200 or not ctype.startswith("text/"):
-                        continue
-                    charset = _charset(rec.http_headers.get_header("Content-Type") or "")
-                else:
-                    ctype = (
-                        "text/plain"
-                        if rec.rec_type == "conversion"
-                        else (rec.rec_headers.get_header("Content-Type") or "text/plain").split(";")[0]
-                    )
-                    status, charset = 200, "utf-8"
-                body = rec.content_stream().read()
-                text = body.decode(charset or "utf-8", errors="replace")
-                date = rec.rec_headers.get_header("WARC-Date") or ""
-                docs.append(
-                    raw_doc(name, src.role, url, text, ctype, status=status, fetched_at=_warc_time(date))
+    records = 0
+    try:
+        for rec in ArchiveIterator(stream, block_size=WARC_READ_CHUNK):
+            records += 1
+            if not str(rec.format).startswith("warc"):  # warcio reads any text as legacy ARC
+                raise LineageError(
+                    f"{path}: not a valid WARC/WET file: record {records} is {rec.format!r}, not WARC"
                 )
+            length = rec.rec_headers.get_header("Content-Length") or ""
+            if not length.strip().isdigit():
+                raise LineageError(
+                    f"{path}: corrupt WARC/WET file: record {records} has no valid Content-Length"
+                )
+            doc = _record_doc(name, src, rec) if rec.rec_type in src.record_types else None
+            _check_whole(rec, path, records)
+            if doc is not None:
+                docs.append(doc)
                 if src.max_docs and len(docs) >= src.max_docs:
-                    return docs
-        except ArchiveLoadFailed as e:
-            raise LineageError(f"{path}: not a valid WARC/WET file: {str(e).splitlines()[0]}") from None
-        except LineageError:
-            raise
-        except Exception as e:  # warcio fails in many ways on damaged input (zlib, headers, None URIs)
-            raise LineageError(f"{path}: corrupt WARC/WET file: {type(e).__name__}: {e}") from None
-        finally:
-            stream.close()
-        if records == 0:
-            raise LineageError(f"{path}: not a valid WARC/WET file: no WARC records found")
-    return docs
+                    return True
+    except ArchiveLoadFailed as e:
+        raise LineageError(f"{path}: not a valid WARC/WET file: {str(e).splitlines()[0]}") from None
+    except LineageError:
+        raise
+    except Exception as e:  # warcio fails in many ways on damaged input (headers, None URIs)
+        raise LineageError(f"{path}: corrupt WARC/WET file: {type(e).__name__}: {e}") from None
+    if records == 0:
+        raise LineageError(f"{path}: not a valid WARC/WET file: no WARC records found")
+    return False
+
+
+def _check_whole(rec: Any, path: str, n: int) -> None:
+    """Read what is left of the record and refuse it unless all of its Content-Length was there.
+
+    warcio stops quietly at the end of the input, so a cut file would otherwise end in a shortened
+    document that looks whole.
+    """
+    while rec.raw_stream.read(WARC_READ_CHUNK):
+        pass
+    missing = getattr(rec.raw_stream, "limit", 0)
+    if missing:
+        total = rec.rec_headers.get_header("Content-Length")
+        raise LineageError(
+            f"{path}: truncated WARC/WET file: record {n} has {missing} of its {total} bytes missing"
+        )
+
+
+def _record_doc(name: str, src: WarcSource, rec: Any) -> dict[str, Any] | None:
+    """The raw document of one wanted record; None for records that are no text document."""
+    from pipeline.text.crawl import text_problem
+
+    url = rec.rec_headers.get_header("WARC-Target-URI") or ""
+    if rec.rec_type == "response":
+        if rec.http_headers is None:
+            return None
+        full_type = rec.http_headers.get_header("Content-Type") or ""
+        ctype = full_type.split(";")[0].strip().lower()
+        status = int(rec.http_headers.get_statuscode() or 0)
+        if status != 200 or not ctype.startswith("text/"):
+            return None
+        charset = _charset(full_type)
+    else:
+        declared = rec.rec_headers.get_header("Content-Type") or "text/plain"
+        ctype = "text/plain" if rec.rec_type == "conversion" else declared.split(";")[0]
+        status, charset = 200, "utf-8"
+    body = _read_payload(rec.content_stream(), src.max_record_bytes)
+    if body is None:
+        return None  # an HTTP Content-Encoding inside the record inflates past max_record_bytes
+    text = body.decode(charset or "utf-8", errors="replace")
+    if text_problem(text):
+        return None
+    date = rec.rec_headers.get_header("WARC-Date") or ""
+    return raw_doc(name, src.role, url, text, ctype, status=status, fetched_at=_warc_time(date))
+
+
+def _read_payload(stream: Any, cap: int) -> bytes | None:
+    """At most ``cap`` bytes of a record's payload; None when it holds more."""
+    data = bytearray()
+    while chunk := stream.read(1 << 16):
+        data += chunk
+        if len(data) > cap:
+            return None
+    return bytes(data)
 
 
 def _charset(content_type: str) -> str | None:

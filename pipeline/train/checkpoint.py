@@ -31,10 +31,14 @@ def load_checkpoint(path: Path, model_config: dict[str, Any] | None = None) -> d
         raise LineageError(f"{path}: checkpoint not found") from None
     except Exception as e:  # truncated zip, bad pickle opcodes, foreign files
         raise LineageError(
-            f"{path}: corrupted or not a checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+            f"{path}: corrupted or not a checkpoint ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]}); "
+            f"delete it to start this run over: rm {path}"
         ) from None
     if not isinstance(state, dict) or "model" not in state or "model_config" not in state:
-        raise LineageError(f"{path}: not a gpt-lineage checkpoint (no model/model_config entries)")
+        raise LineageError(
+            f"{path}: not a gpt-lineage checkpoint (no model/model_config entries); "
+            f"delete it to start this run over: rm {path}"
+        )
     if model_config is not None and state["model_config"] != model_config:
         theirs, ours = state["model_config"], model_config
         diff = [k for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k)]

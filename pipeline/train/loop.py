@@ -102,10 +102,11 @@ class Trainer:
     tokens_per_byte: dict[str, float]  # per source, from the validation split, for bits per byte
     checkpoint: Path
     log: Callable[[dict[str, float], int], None] = lambda metrics, step: None
-    sample: Callable[[GPT, int], None] | None = None
+    sample: Callable[[GPT, int], str | None] | None = None  # returns the text to keep in samples
     dist: Dist = field(default_factory=Dist)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     history: list[dict[str, float]] = field(default_factory=list)
+    samples: list[str] = field(default_factory=list)  # every sample block, across resumed runs too
 
     def __post_init__(self) -> None:
         torch.manual_seed(self.seed)
@@ -146,6 +147,7 @@ class Trainer:
             "tokens": self.tokens,
             "elapsed": self.elapsed,
             "history": self.history,
+            "samples": self.samples,
             "rng_cpu": torch.get_rng_state(),
         }
         if self.device.type == "cuda":
@@ -157,14 +159,26 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.tokens, self.elapsed = state["step"], state["tokens"], state["elapsed"]
         self.history = list(state["history"])
+        self.samples = list(state.get("samples", []))
         torch.set_rng_state(state["rng_cpu"])
         if "rng_cuda" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng_cuda"], self.device)
         self.resumed_from = self.step
 
     def save(self) -> None:
-        if self.dist.main:
-            save_checkpoint(self.checkpoint, self._state())
+        if not self.dist.main:
+            return
+        save_checkpoint(self.checkpoint, self._state())
+        every = self.cfg.keep_checkpoints_every
+        if every and self.step % every == 0:  # weights only, for scores across training (evaluate)
+            save_checkpoint(
+                self.checkpoint.with_name(f"step_{self.step:06d}.pt"),
+                {
+                    "model": self.model.state_dict(),
+                    "model_config": self.model_config.to_dict(),
+                    "step": self.step,
+                },
+            )
 
     # -- evaluation
     @torch.no_grad()
@@ -288,7 +302,9 @@ class Trainer:
             if self.dist.main:
                 self.log(metrics, self.step)
         if self.sample is not None and self.dist.main:
-            self.sample(self.model, self.step)
+            block = self.sample(self.model, self.step)
+            if block:
+                self.samples.append(block)
 
     def _stop_for_time(self, t_start: float) -> bool:
         """All ranks stop together once the minutes budget (over all resumed runs) is spent."""
