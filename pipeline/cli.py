@@ -1,5 +1,6 @@
-"""`lineage`: the common cases around `dvc repro` — run (with one Prefect server for the whole
-pipeline run), status, sample (generations from a trained model), and the MLflow UI."""
+"""`lineage`: the common cases around `dvc repro` — run a pipeline (one Prefect server and one MLflow
+parent run for the whole execution), see where it stands (status, exp, report), open the dashboards
+(ui: MLflow and Prefect), share its artifacts (push), and sample from a trained model."""
 
 from __future__ import annotations
 
@@ -9,15 +10,24 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from pipeline.config import flatten, load_params
 from pipeline.errors import LineageError
 from pipeline.io import stale_temp_dirs
-from pipeline.orchestration import QUIET_ENV, prefect_server
-from pipeline.tracking import resolve_tracking_uri
+from pipeline.orchestration import QUIET_ENV, prefect_server, shared_server
+from pipeline.tracking import (
+    PARENT_ENV,
+    PROFILE_ENV,
+    end_pipeline_run,
+    pipeline_stages,
+    resolve_tracking_uri,
+    start_pipeline_run,
+)
 
 
 def profile_overrides(root: Path, profile: str) -> list[str]:
@@ -42,8 +52,20 @@ def profile_overrides(root: Path, profile: str) -> list[str]:
     return args
 
 
-def pipeline_env(root: Path, api_url: str | None) -> dict[str, str]:
+VERBOSE_ENV = {
+    "LINEAGE_VERBOSE": "1",
+    "PREFECT_LOGGING_LOGGERS_PREFECT_LEVEL": "INFO",
+    "PREFECT_LOGGING_LOGGERS_PREFECT_FLOW_RUNS_LEVEL": "INFO",
+    "PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL": "INFO",
+    "TRANSFORMERS_VERBOSITY": "info",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "0",
+}
+
+
+def pipeline_env(root: Path, api_url: str | None, verbose: bool = False) -> dict[str, str]:
     env = {**os.environ, **{k: os.environ.get(k, v) for k, v in QUIET_ENV.items()}}
+    if verbose:
+        env.update(VERBOSE_ENV)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     if api_url:
         env["PREFECT_API_URL"] = api_url
@@ -74,7 +96,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     root = Path.cwd()
     if not (root / "dvc.yaml").is_file():
         raise LineageError(f"{root}: no dvc.yaml here; run lineage from the project root")
-    load_params(root / "params.yaml")  # fail before any stage starts on a bad params file
+    params = load_params(root / "params.yaml")  # fail before any stage starts on a bad params file
     if args.profile:
         cmd = ["dvc", "exp", "run", *profile_overrides(root, args.profile), *args.stages]
         if args.name:
@@ -88,15 +110,31 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
     else:
         cmd = ["dvc", "repro", *args.stages]
-    env = pipeline_env(root, None)
+    env = pipeline_env(root, None, verbose=args.verbose)
+    overrides: dict[str, str] = {}
+    if args.profile:
+        env[PROFILE_ENV] = os.environ[PROFILE_ENV] = args.profile  # the parent run is tagged with it too
+        sets = profile_overrides(root, args.profile)[1::2]
+        overrides = dict(a.lstrip("+").split("=", 1) for a in sets)
+    parent = start_pipeline_run(params, root, " ".join(["lineage", *sys.argv[1:]]), overrides)
+    env[PARENT_ENV] = parent
+    rc = 1
     with prefect_server(root) if args.server else contextlib.nullcontext(None) as url:
         if url:
             env["PREFECT_API_URL"] = url
-        print("lineage:", " ".join(cmd), f"(Prefect API {url or 'per stage'})", flush=True)
+        print(
+            "lineage:", " ".join(cmd), f"(Prefect API {url or 'per stage'}; MLflow run {parent})", flush=True
+        )
+        proc = subprocess.Popen(cmd, env=env)
         try:
-            rc = subprocess.call(cmd, env=env)
-        except KeyboardInterrupt:
+            rc = proc.wait()
+        except KeyboardInterrupt:  # the stage got the Ctrl-C too: let dvc record it before we go
+            try:
+                proc.wait(timeout=30)
+            except (subprocess.TimeoutExpired, KeyboardInterrupt):
+                proc.terminate()
             rc = 130
+        end_pipeline_run(params, root, parent, ok=rc == 0)
     if args.profile:
         before = _git(root, "rev-parse", "--short", "HEAD").stdout.strip()
         restored = restore_workspace(root, env)
@@ -113,6 +151,16 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
         elif restored:
             print("lineage: the experiment failed; the workspace is back at the last commit", flush=True)
+    if rc == 0:
+        report = root / "data" / "report" / "report.html"
+        where = (
+            f"logged to MLflow run {parent} (`dvc exp apply` brings data/report/ back)"
+            if args.profile
+            else str(report.relative_to(root))
+            if report.is_file()
+            else "not made (run `dvc repro report`)"
+        )
+        print(f"lineage: report: {where}\nlineage: dashboards (MLflow + Prefect): lineage ui", flush=True)
     return rc
 
 
@@ -133,9 +181,43 @@ def cmd_restore(_: argparse.Namespace) -> int:
 EXP_DROP = "^(data|stages|pipeline|bench)/"
 
 
+def transpose_experiments(csv_text: str) -> str:
+    """`dvc exp show --csv` turned on its side: one row per changed param or metric, one column per
+    experiment, so a comparison of a few experiments fits a terminal however many metrics differ."""
+    import csv
+
+    rows = list(csv.DictReader(csv_text.splitlines()))
+    if not rows:
+        return "no experiments to show\n"
+    meta = {"Experiment", "rev", "typ", "Created", "parent", "State", "Executor"}
+    names = [r["Experiment"] or r["rev"] for r in rows]
+    keys = [k for k in rows[0] if k not in meta]
+    keys.sort(key=lambda k: "." not in k)  # params (section.key) first, then metrics in stage order
+    table = [["", *names]] + [[k, *(_short(r.get(k, "")) for r in rows)] for k in keys]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    lines = [
+        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+        for row in table
+    ]
+    return "\n".join(line.rstrip() for line in lines) + "\n"
+
+
+def _short(value: str) -> str:
+    try:
+        f = float(value)
+    except ValueError:
+        return value or "-"
+    return f"{f:.5g}"
+
+
 def cmd_exp(args: argparse.Namespace) -> int:
-    cmd = ["dvc", "exp", "show", "--only-changed", "--drop", EXP_DROP, "--precision", "4", *args.dvc_args]
-    return subprocess.call(cmd, env=pipeline_env(Path.cwd(), None))
+    cmd = ["dvc", "exp", "show", "--csv", "--only-changed", "--drop", EXP_DROP, *args.dvc_args]
+    out = subprocess.run(cmd, env=pipeline_env(Path.cwd(), None), capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        sys.stderr.write(out.stderr)
+        return out.returncode
+    sys.stdout.write(transpose_experiments(out.stdout))
+    return 0
 
 
 def cmd_status(_: argparse.Namespace) -> int:
@@ -149,24 +231,95 @@ def cmd_status(_: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    """MLflow's UI on the project's store until Ctrl-C or SIGTERM, which stop it and its workers."""
+    """MLflow's UI on the project's store and Prefect's server (UI + API) on the project's home, both
+    on loopback, until Ctrl-C or SIGTERM, which stop both and their workers. The Prefect server is
+    announced in .prefect/server.json, so stages started meanwhile report their flow runs to it; an
+    already running project server (`lineage run`) is reused instead."""
     from pipeline import procs
 
-    params = load_params(Path.cwd() / "params.yaml")
-    uri = resolve_tracking_uri(params.common.tracking_uri, Path.cwd())
-    proc = procs.spawn(
-        [str(Path(sys.executable).with_name("mlflow")), "ui", "--backend-store-uri", uri,
-         "--host", args.host, "--port", str(args.port)],
-        env=pipeline_env(Path.cwd(), None),
-    )  # fmt: skip
-    print(f"lineage: MLflow UI at http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
-    with procs.terminate_on_signals(lambda: procs.stop(proc)):
+    root = Path.cwd()
+    params = load_params(root / "params.yaml")
+    uri = resolve_tracking_uri(params.common.tracking_uri, root)
+    log = root / "mlruns" / "ui.log"  # the server's own chatter (uvicorn workers, warnings)
+    log.parent.mkdir(exist_ok=True)
+    with log.open("w") as fh:
+        mlflow_proc = procs.spawn(
+            [str(Path(sys.executable).with_name("mlflow")), "ui", "--backend-store-uri", uri,
+             "--host", args.host, "--port", str(args.port)],
+            env=pipeline_env(root, None), stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    running = shared_server(root) if args.prefect else None
+    prefect_ctx = (
+        prefect_server(root, port=args.prefect_port or None)
+        if args.prefect and running is None
+        else contextlib.nullcontext(running)
+    )
+    # the signal handler only turns SIGTERM into SystemExit: stopping the servers from inside it
+    # would wait on a child the interrupted main thread is already waiting on (a deadlock); the
+    # finally clauses below (and prefect_server's) stop both
+    with procs.terminate_on_signals(lambda: None), prefect_ctx as api:
         try:
-            return proc.wait()
+            print(f"lineage: MLflow UI   http://{args.host}:{args.port}  (log {log})", flush=True)
+            if api:
+                print(f"lineage: Prefect UI  {api.removesuffix('/api')}  (API {api})", flush=True)
+            elif args.prefect:
+                print(f"lineage: Prefect did not start (see {root / '.prefect' / 'server.log'})", flush=True)
+            print("lineage: Ctrl-C stops them", flush=True)
+            return mlflow_proc.wait()
         except KeyboardInterrupt:
             return 130
         finally:
-            procs.stop(proc)
+            procs.stop(mlflow_proc)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """The path of the report card (data/report/report.html), or open it in a browser."""
+    path = Path.cwd() / "data" / "report" / ("report.md" if args.markdown else "report.html")
+    if not path.is_file():
+        raise LineageError(f"{path}: no report yet; `dvc repro report` (or `lineage run`) makes it")
+    print(path)
+    if args.open:
+        import webbrowser
+
+        webbrowser.open(path.as_uri())
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    """`dvc push`: every stage's outputs to the default DVC remote (.dvc/config), or to ``-r NAME``."""
+    return subprocess.call(["dvc", "push", *args.dvc_args], env=pipeline_env(Path.cwd(), None))
+
+
+def checkpoint_index(root: Path) -> list[dict[str, Any]]:
+    """One entry per training run folder under checkpoints/<stage>/<run key>/: the run key is a
+    hash of the params that change what is learned and of the tokenizer, so these say which is which."""
+    out = []
+    for ckpt in sorted((root / "checkpoints").glob("*/*/ckpt.pt")):
+        info_file = ckpt.with_name("run.json")
+        info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+        out.append({
+            "path": str(ckpt.relative_to(root)), "stage": ckpt.parent.parent.name,
+            "modified": time.strftime("%Y-%m-%d %H:%M", time.localtime(ckpt.stat().st_mtime)),
+            "tokenizer": ckpt.with_name("tokenizer.json").is_file(), **info,
+        })  # fmt: skip
+    return out
+
+
+def cmd_checkpoints(_: argparse.Namespace) -> int:
+    rows = checkpoint_index(Path.cwd())
+    if not rows:
+        print("lineage: no checkpoints yet (checkpoints/<stage>/<run key>/ckpt.pt)")
+        return 0
+    for r in rows:
+        shape = (
+            f"{r['arch']} {r['n_layer']}x{r['n_head']}x{r['n_embd']} vocab {r['vocab_size']}"
+            if "arch" in r
+            else "shape unknown"
+        )
+        step = f"max_steps {r['max_steps']}" if "max_steps" in r else ""
+        tok = "own tokenizer" if r["tokenizer"] else "no tokenizer beside it"
+        print(f"{r['path']}  {r['modified']}  {shape}  {step}  {r.get('profile', '')}  {tok}")
+    return 0
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -178,17 +331,28 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from pipeline.tokenizer import load_tokenizer
 
     root = Path.cwd()
+    tokenizer_file = root / "data" / "tokenize" / "tokenizer.json"
     if args.checkpoint:
         from pipeline.train.checkpoint import load_checkpoint
 
-        state = load_checkpoint(Path(args.checkpoint))
+        ckpt = Path(args.checkpoint)
+        state = load_checkpoint(ckpt)
         model = GPT(GPTConfig.from_dict(state["model_config"]))
         model.load_state_dict(state["model"])
+        if ckpt.with_name("tokenizer.json").is_file():  # the tokenizer it was trained with
+            tokenizer_file = ckpt.with_name("tokenizer.json")
+        source = f"{ckpt} (step {state.get('step', '?')})"
     else:
         model = load_model(root / "data" / args.stage / "model")
-    tokenizer = load_tokenizer(
-        Path(args.tokenizer) if args.tokenizer else root / "data" / "tokenize" / "tokenizer.json"
-    )
+        source = str(root / "data" / args.stage / "model")
+    tokenizer = load_tokenizer(Path(args.tokenizer) if args.tokenizer else tokenizer_file)
+    if tokenizer.get_vocab_size() != model.config.vocab_size:
+        raise LineageError(
+            f"{source}: the model has a vocabulary of {model.config.vocab_size} ids, the tokenizer "
+            f"{args.tokenizer or tokenizer_file} {tokenizer.get_vocab_size()}: give the tokenizer it was "
+            "trained with (--tokenizer)"
+        )
+    print(f"lineage: {source}: {model.num_params():,} parameters", file=sys.stderr)
     model.eval()
     eot = tokenizer.token_to_id("<|endoftext|>")
     gen = torch.Generator().manual_seed(args.seed)
@@ -203,51 +367,130 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default after its help, unless the help already says it or there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, True) or action.default is argparse.SUPPRESS:
+            return text
+        return super()._get_help_string(action) or text
+
+
+def _known(root: Path) -> tuple[list[str], list[str]]:
+    """The profiles and stages of the project in ``root``, for the help text."""
+    profiles = sorted(p.stem for p in (root / "profiles").glob("*.yaml"))
+    return profiles, pipeline_stages(root)
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="lineage", description=__doc__)
-    sub = ap.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="dvc repro (or dvc exp run with a profile) with one Prefect server")
-    run.add_argument("stages", nargs="*", help="stages to run (default: the whole DAG)")
-    run.add_argument(
-        "--profile",
-        help="run a DVC experiment with profiles/NAME.yaml applied (`dvc exp run -S ...`), then restore "
-        "the workspace to the last commit",
+    fmt = _Help
+    profiles, stages = _known(Path.cwd())
+    ap = argparse.ArgumentParser(prog="lineage", description=__doc__, formatter_class=fmt)
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = sub.add_parser(
+        "run",
+        help="dvc repro (or dvc exp run with a profile): one Prefect server, one MLflow parent run",
+        description="Run the pipeline with `dvc repro` (or, with --profile, as a DVC experiment), one "
+        "Prefect server for all its flows and one MLflow parent run holding every stage's run. "
+        f"Stages, in order: {', '.join(stages) or '(no dvc.yaml here)'}. "
+        f"Profiles (profiles/*.yaml): {', '.join(profiles) or 'none'}.",
+        formatter_class=fmt,
     )
-    run.add_argument("--name", help="the experiment's name (with --profile)")
-    run.add_argument("--no-server", dest="server", action="store_false", help="no shared Prefect server")
+    run.add_argument(
+        "stages", nargs="*", metavar="STAGE",
+        help=f"stages to run with what they need (default: the whole DAG); one of: {', '.join(stages)}",
+    )  # fmt: skip
+    run.add_argument(
+        "--profile", metavar="NAME",
+        help=f"run a DVC experiment with profiles/NAME.yaml applied (`dvc exp run -S ...`), then restore "
+        f"the workspace to the last commit; one of: {', '.join(profiles) or 'none'} (default: params.yaml "
+        "as it is)",
+    )  # fmt: skip
+    run.add_argument("--name", help="the experiment's name (with --profile; default: DVC picks one)")
+    run.add_argument(
+        "--no-server", dest="server", action="store_false",
+        help="no shared Prefect server: each stage starts its own, ~6 s slower a stage (default: one "
+        "server for the run)",
+    )  # fmt: skip
+    run.add_argument(
+        "--verbose", "-v", action="store_true",
+        help="show every log: Prefect flow-run lines, MLflow and library INFO, warnings (default: quiet; "
+        "progress and results only)",
+    )  # fmt: skip
     run.set_defaults(fn=cmd_run)
     sub.add_parser(
-        "status", help="dvc status and dvc metrics show; names folders left by killed runs"
+        "status",
+        help="dvc status and dvc metrics show; names folders left by killed runs",
+        formatter_class=fmt,
     ).set_defaults(fn=cmd_status)
     ex = sub.add_parser(
         "exp",
-        help="experiments side by side: `dvc exp show --only-changed` without the dependency-hash columns",
+        help="experiments side by side: `dvc exp show --only-changed` as rows of changed params and "
+        "metrics, one column per experiment (no dependency-hash columns)",
+        formatter_class=fmt,
     )
     ex.add_argument("dvc_args", nargs=argparse.REMAINDER, help="more `dvc exp show` options (e.g. --md)")
     ex.set_defaults(fn=cmd_exp)
     sub.add_parser(
         "restore",
         help="put params.yaml, dvc.lock, metrics/ and data/ back to the last commit (after `dvc exp run`)",
+        formatter_class=fmt,
     ).set_defaults(fn=cmd_restore)
-    sm = sub.add_parser("sample", help="print generations from a stage's model")
-    sm.add_argument(
-        "--stage", default="pretrain", help="stage whose data/<stage>/model to load (default: pretrain)"
+    rp = sub.add_parser(
+        "report", help="print the path of the report card (data/report/report.html)", formatter_class=fmt
     )
-    sm.add_argument("--checkpoint", help="a training checkpoint (ckpt.pt) instead of a stage's model")
-    sm.add_argument("--tokenizer", help="tokenizer.json (default: data/tokenize/tokenizer.json)")
-    sm.add_argument(
-        "--prompt", action="append", help="prompt text (repeatable; default: start of a document)"
+    rp.add_argument(
+        "--open", action="store_true", help="open it in the browser (default: print the path only)"
     )
-    sm.add_argument("--tokens", type=int, default=100)
-    sm.add_argument("--num-samples", type=int, default=1)
-    sm.add_argument("--temperature", type=float, default=0.8)
-    sm.add_argument("--top-k", type=int, default=50)
-    sm.add_argument("--top-p", type=float, default=None)
-    sm.add_argument("--seed", type=int, default=0)
+    rp.add_argument(
+        "--markdown", action="store_true", help="the Markdown version (report.md; default: report.html)"
+    )
+    rp.set_defaults(fn=cmd_report)
+    push = sub.add_parser(
+        "push",
+        help="dvc push: every stage's outputs to the DVC remote (default: the one in .dvc/config)",
+        formatter_class=fmt,
+    )
+    push.add_argument("dvc_args", nargs=argparse.REMAINDER, help="more `dvc push` options (e.g. -r NAME)")
+    push.set_defaults(fn=cmd_push)
+    sub.add_parser(
+        "checkpoints",
+        help="list training checkpoints (checkpoints/<stage>/<run key>/) with their model shape and step",
+        formatter_class=fmt,
+    ).set_defaults(fn=cmd_checkpoints)
+    sm = sub.add_parser("sample", help="print generations from a stage's model", formatter_class=fmt)
+    sm.add_argument("--stage", default="pretrain", help="stage whose data/<stage>/model to load")
+    sm.add_argument(
+        "--checkpoint",
+        help="a training checkpoint (ckpt.pt, see `lineage checkpoints`) instead of a stage's model; the "
+        "tokenizer.json beside it is used when present",
+    )
+    sm.add_argument(
+        "--tokenizer",
+        help="tokenizer.json (default: beside the checkpoint, else data/tokenize/tokenizer.json)",
+    )
+    sm.add_argument(
+        "--prompt", action="append", help="prompt text (repeatable; default: the start of a document)"
+    )
+    sm.add_argument("--tokens", type=int, default=100, help="new tokens per sample")
+    sm.add_argument("--num-samples", type=int, default=1, help="samples per prompt")
+    sm.add_argument("--temperature", type=float, default=0.8, help="softmax temperature (0: greedy)")
+    sm.add_argument("--top-k", type=int, default=50, help="sample from the k most likely tokens only")
+    sm.add_argument("--top-p", type=float, default=None, help="nucleus sampling: smallest set with this mass")
+    sm.add_argument("--seed", type=int, default=0, help="random seed of the sampler")
     sm.set_defaults(fn=cmd_sample)
-    ui = sub.add_parser("ui", help="the MLflow UI on the tracking store of params.yaml")
-    ui.add_argument("--host", default="127.0.0.1", help="address to serve on (default: 127.0.0.1)")
-    ui.add_argument("--port", type=int, default=5000, help="port (default: 5000)")
+    ui = sub.add_parser(
+        "ui",
+        help="MLflow's UI on the store of params.yaml and Prefect's UI on .prefect/, on loopback",
+        formatter_class=fmt,
+    )
+    ui.add_argument("--host", default="127.0.0.1", help="address MLflow's UI serves on")
+    ui.add_argument("--port", type=int, default=5000, help="MLflow UI port")
+    ui.add_argument("--prefect-port", type=int, default=4200, help="Prefect UI/API port (0: a free one)")
+    ui.add_argument(
+        "--no-prefect", dest="prefect", action="store_false", help="MLflow's UI only (default: both)"
+    )
     ui.set_defaults(fn=cmd_ui)
     args = ap.parse_args(argv)
     try:

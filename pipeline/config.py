@@ -16,6 +16,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import LineageError
+from pipeline.eval.config import EvaluateConfig, FinetuneConfig
 from pipeline.feedback.config import ComparisonsConfig, InstructionsConfig, RewardConfig, SftConfig
 from pipeline.section import NAME_RE, Section
 
@@ -339,10 +340,41 @@ class Params(Section):
     mix: MixConfig
     tokenize: TokenizeConfig = TokenizeConfig()
     pretrain: PretrainConfig = PretrainConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
     instructions: InstructionsConfig = InstructionsConfig()
     sft: SftConfig = SftConfig()
     comparisons: ComparisonsConfig = ComparisonsConfig()
     reward: RewardConfig = RewardConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults_from_roles(cls, data: Any) -> Any:
+        """A new source needs naming in four places; what is not given follows from each source's
+        `role`: reference sources are the quality classifier's positives, web sources its negatives,
+        dedup keeps reference copies first, and the mix weighs every source equally."""
+        if not isinstance(data, dict) or not isinstance((data.get("crawl") or {}).get("sources"), dict):
+            return data
+        sources = data["crawl"]["sources"]
+        default_role = {"python_docs": "reference"}
+        roles = {
+            name: (src.get("role") or default_role.get(src.get("kind"), "web"))
+            if isinstance(src, dict)
+            else "web"
+            for name, src in sources.items()
+        }
+        refs = [n for n, r in roles.items() if r == "reference"]
+        webs = [n for n, r in roles.items() if r != "reference"]
+        data = dict(data)
+        quality = dict(data.get("quality") or {})
+        quality.setdefault("positives", refs)
+        quality.setdefault("negatives", webs)
+        dedup = dict(data.get("dedup") or {})
+        dedup.setdefault("priority", refs + webs)
+        mix = dict(data.get("mix") or {})
+        mix.setdefault("weights", {n: 1 / len(sources) for n in sources} if sources else {})
+        data.update(quality=quality, dedup=dedup, mix=mix)
+        return data
 
     @model_validator(mode="after")
     def _source_names(self) -> Params:
@@ -356,7 +388,9 @@ class Params(Section):
             unknown = sorted(set(listed) - names)
             if unknown:
                 raise ValueError(
-                    f"{key} names unknown source(s) {unknown}; crawl.sources has {sorted(names)}"
+                    f"{key} names unknown source(s) {unknown}; crawl.sources has {sorted(names)} (a source "
+                    "is named in quality.positives or quality.negatives, dedup.priority and mix.weights; "
+                    "leave those keys out to derive them from each source's role)"
                 )
         overlap = set(self.quality.positives) & set(self.quality.negatives)
         if overlap:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -63,7 +64,8 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     final = Path(final)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+        # the pid in the name tells a later run whether the folder's owner is still alive
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
         os.chmod(tmp, 0o777 & ~_umask())
     except OSError as e:
         raise LineageError(f"{final.parent}: cannot create the output folder ({_os_reason(e)})") from None
@@ -118,21 +120,39 @@ def stage_lock(data: Path, stage: str) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def _owner_alive(tmp: Path) -> bool | None:
+    """Whether the process that made a temporary folder still runs (None: the name holds no pid)."""
+    m = re.match(r"^\.[^/]+?\.tmp-(?:old-)?(\d+)(?:-|$)", tmp.name)
+    if not m:
+        return None
+    try:
+        os.kill(int(m.group(1)), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def remove_stale_temp_dirs(data: Path) -> list[Path]:
-    """Remove the temporary folders of killed runs, of any stage that is not running right now."""
+    """Remove the temporary folders of killed runs: those whose owning process is gone (and, for a
+    name without a pid, whose stage is not running right now)."""
     import fcntl
 
     removed = []
     for tmp in stale_temp_dirs(data):
-        stage = tmp.name[1:].split(".tmp-")[0]
-        lock = Path(data) / f".{stage}.lock"
-        try:
-            with lock.open("a") as fh:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # that stage is not running
-                shutil.rmtree(tmp, ignore_errors=True)
-                removed.append(tmp)
-        except (BlockingIOError, OSError):
+        alive = _owner_alive(tmp)
+        if alive:
             continue
+        if alive is None:
+            stage = tmp.name[1:].split(".tmp-")[0]
+            try:
+                with (Path(data) / f".{stage}.lock").open("a") as fh:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # that stage is not running
+            except (BlockingIOError, OSError):
+                continue
+        shutil.rmtree(tmp, ignore_errors=True)
+        removed.append(tmp)
     return removed
 
 

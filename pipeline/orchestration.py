@@ -29,7 +29,11 @@ QUIET_ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "TOKENIZERS_PARALLELISM": "false",
     "PREFECT_LOGGING_LOGGERS_PREFECT_LEVEL": "WARNING",
-    "PREFECT_LOGGING_LOGGERS_PREFECT_FLOW_RUNS_LEVEL": "INFO",
+    # no "Beginning flow run" / "View at" lines; `lineage run --verbose` sets INFO
+    "PREFECT_LOGGING_LOGGERS_PREFECT_FLOW_RUNS_LEVEL": "WARNING",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
     "PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL": "WARNING",
 }
 
@@ -37,8 +41,11 @@ QUIET_ENV = {
 def setup_env(common: CommonConfig, root: Path | None = None) -> None:
     """Telemetry off, offline hub access when asked, Prefect's home inside the project; must run
     before prefect/mlflow/datasets are imported."""
+    from pipeline.progress import quiet_logs
+
     for k, v in QUIET_ENV.items():
         os.environ.setdefault(k, v)
+    quiet_logs()
     if root is not None:
         os.environ.setdefault("PREFECT_HOME", str(Path(root).resolve() / ".prefect"))
     if common.offline:
@@ -74,7 +81,9 @@ def shared_server(root: Path) -> str | None:
 
 
 @contextlib.contextmanager
-def prefect_server(root: Path, timeout_s: float = 90.0, port: int | None = None) -> Iterator[str | None]:
+def prefect_server(
+    root: Path, timeout_s: float = 90.0, port: int | None = None, announce: bool = True
+) -> Iterator[str | None]:
     """Start a Prefect server for this project on loopback; yields its API URL, or None when it did
     not come up in time. It runs in its own session (a Ctrl-C for the pipeline does not kill it
     mid-stage), dies with this process even on SIGKILL, and is announced in .prefect/server.json
@@ -86,7 +95,8 @@ def prefect_server(root: Path, timeout_s: float = 90.0, port: int | None = None)
     url = f"http://127.0.0.1:{port}/api"
     home = root / ".prefect"
     home.mkdir(exist_ok=True)
-    env = {**os.environ, **QUIET_ENV, "PREFECT_HOME": str(home)}
+    # the UI in the browser must call this server's API, whatever a user profile says
+    env = {**os.environ, **QUIET_ENV, "PREFECT_HOME": str(home), "PREFECT_UI_API_URL": url}
     env.pop("PREFECT_API_URL", None)
     prefect = Path(sys.executable).with_name("prefect")
     with (home / "server.log").open("w") as log:
@@ -100,7 +110,7 @@ def prefect_server(root: Path, timeout_s: float = 90.0, port: int | None = None)
         while time.monotonic() < deadline and proc.poll() is None and not api_healthy(url):
             time.sleep(0.25)
         if api_healthy(url):
-            if shared_server(root) is None:
+            if announce and shared_server(root) is None:
                 _server_file(root).write_text(json.dumps({"url": url, "pid": proc.pid}) + "\n")
                 announced = True
             yield url
@@ -165,7 +175,8 @@ def prefect_api(root: Path, common: CommonConfig) -> Iterator[str | None]:
         with _use_api(url):
             yield url
         return
-    with prefect_server(root, timeout_s=60.0) as url:
+    # the stage's own server is not announced: it ends with the stage, so no other process may rely on it
+    with prefect_server(root, timeout_s=60.0, announce=False) as url:
         if url is None:
             print(
                 f"prefect: no server came up (see {root / '.prefect' / 'server.log'}); "
@@ -226,6 +237,24 @@ def _guarded_call(item: Any, fn: Callable[..., Any], args: tuple[Any, ...]) -> A
         return _Raised(e)
 
 
+def flow_run_labels(stage: str, params: Any) -> tuple[dict[str, Any], list[str]]:
+    """A stage's flow-run parameters (its params section and `common`, flattened) and tags."""
+    from pipeline.config import flatten
+
+    labels = [f"stage:{stage}"]
+    for env, what in (("LINEAGE_PROFILE", "profile"), ("DVC_EXP_NAME", "exp")):
+        if os.environ.get(env):
+            labels.append(f"{what}:{os.environ[env]}")
+    if params is None:
+        return {}, labels
+    parameters = {f"common.{k}": v for k, v in flatten(params.common.model_dump(mode="json")).items()}
+    if hasattr(params, stage):
+        section = getattr(params, stage).model_dump(mode="json")
+        parameters.update({f"{stage}.{k}": v for k, v in flatten(section).items()})
+        labels.append(f"params:{params.section_hash(stage)}")
+    return parameters, labels
+
+
 class Orchestrator:
     """Runs one stage body as a flow and maps functions over items as tasks.
 
@@ -245,26 +274,33 @@ class Orchestrator:
         self, fn: Callable[..., Any], items: Sequence[Any], *args: Any, name: str | None = None
     ) -> list[Any]:
         """``[fn(item, *args) for item in items]``, as Prefect tasks on the configured runner."""
+        from pipeline.progress import progress
+
         if not items:
             return []
+        desc = name or fn.__name__
         if not self.use_prefect:
-            return [fn(item, *args) for item in items]
+            return [fn(item, *args) for item in progress(items, desc, unit="tasks")]
         from prefect import task, unmapped
         from prefect.cache_policies import NO_CACHE
 
-        t = task(_guarded_call, name=name or fn.__name__, cache_policy=NO_CACHE, retries=0)
-        results = [f.result() for f in t.map(list(items), unmapped(fn), unmapped(args))]
+        t = task(_guarded_call, name=desc, cache_policy=NO_CACHE, retries=0)
+        futures = t.map(list(items), unmapped(fn), unmapped(args))
+        results = [f.result() for f in progress(futures, desc, total=len(items), unit="tasks")]
         for r in results:
             if isinstance(r, _Raised):
                 raise r.exc
         return results
 
-    def run(self, name: str, body: Callable[[], Any]) -> Any:
-        """Run ``body`` as the flow ``name``; records flow and body wall time for the overhead metric."""
+    def run(self, name: str, body: Callable[[], Any], params: Any = None) -> Any:
+        """Run ``body`` as the flow ``name``; records flow and body wall time for the overhead metric.
+        With ``params`` (the stage's Params), the flow run carries the stage's section and `common` as
+        its parameters and is tagged with the stage, profile, experiment and params hash, so past
+        flow runs in Prefect's UI say what they ran with."""
 
         raised: list[BaseException] = []
 
-        def timed_body() -> Any:
+        def timed_body(params: dict[str, Any] | None = None) -> Any:
             t0 = time.perf_counter()
             try:
                 return body()
@@ -284,12 +320,14 @@ class Orchestrator:
         try:
             if not self.use_prefect:
                 return timed_body()
-            from prefect import flow
+            from prefect import flow, tags
 
             f = flow(
                 timed_body, name=name, task_runner=make_task_runner(self.common), validate_parameters=False
             )
-            state = f(return_state=True)
+            parameters, labels = flow_run_labels(name, params)
+            with tags(*labels):
+                state = f(params=parameters, return_state=True)
             if raised:
                 raise raised[0]
             return state.result()

@@ -99,7 +99,7 @@ def run_stage(
         with stage_run(stage, params, root) as tracker:
             with atomic_dir(data / stage) as out:
                 ctx = StageContext(stage, params, root, out, orch, tracker)
-                metrics = orch.run(stage, lambda: body(ctx))
+                metrics = orch.run(stage, lambda: body(ctx), params)
                 metrics.setdefault("perf", {})
                 metrics["perf"]["wall_s"] = round(time.perf_counter() - t0, 3)
                 metrics["perf"]["flow_overhead_s"] = round(orch.overhead_s, 3)

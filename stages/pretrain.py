@@ -108,6 +108,15 @@ def body(ctx: StageContext) -> dict[str, Any]:
     dist, device = setup_distributed(cfg.device)
     tokenizer = load_tokenizer(tok_dir / "tokenizer.json")
     checkpoint = ctx.root / "checkpoints" / "pretrain" / run_key(cfg, seed, tok_dir) / "ckpt.pt"
+    if dist.main:  # the run's tokenizer and shape travel with its checkpoints (`lineage checkpoints`)
+        from pipeline.io import write_json
+
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        (checkpoint.parent / "tokenizer.json").write_bytes((tok_dir / "tokenizer.json").read_bytes())
+        write_json(checkpoint.parent / "run.json", {
+            **mcfg.to_dict(), "max_steps": cfg.max_steps, "seed": seed,
+            "profile": os.environ.get("LINEAGE_PROFILE") or os.environ.get("DVC_EXP_NAME") or "",
+        })  # fmt: skip
     log = (lambda m, step: ctx.tracker.log_metrics(m, step=step)) if ctx.tracker else (lambda m, step: None)
     trainer = Trainer(
         mcfg, cfg, seed, train, val, sources, tpb, checkpoint, log=log,
@@ -137,7 +146,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
     write_csv(ctx.out / "plots" / "train.csv", train_rows)
     write_csv(ctx.out / "plots" / "val.csv", val_rows)
     if ctx.tracker is not None:
-        ctx.tracker.log_model(trainer.model, "gpt-lineage-pretrain")
+        ctx.tracker.log_model(trainer.model, "gpt-lineage-pretrain", weights="model")
     return {
         "model": {
             "arch": cfg.arch,

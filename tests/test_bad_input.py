@@ -4,7 +4,6 @@ one was started, and no process left behind."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -257,6 +256,28 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _prefect_servers_under(pid: int) -> list[int]:
+    """Prefect servers among the descendants of ``pid`` (found through /proc)."""
+    parent: dict[int, int] = {}
+    cmdline: dict[int, bytes] = {}
+    for p in Path("/proc").glob("[0-9]*"):
+        try:
+            parent[int(p.name)] = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline[int(p.name)] = (p / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+    found = []
+    for child, cmd in cmdline.items():
+        if b"prefect\0server\0start" not in cmd:
+            continue
+        up = parent.get(child)
+        while up and up != pid:
+            up = parent.get(up)
+        if up == pid:
+            found.append(child)
+    return found
+
+
 def _wait_for(cond, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -288,10 +309,9 @@ def test_ctrl_c_under_plain_dvc_repro_is_one_line_within_5_s_and_leaves_no_serve
         [str(bin_dir / "dvc"), "repro"], cwd=root, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True, start_new_session=True,
     )  # fmt: skip
-    server_file = root / ".prefect" / "server.json"
     ckpts = root / "checkpoints" / "pretrain"
-    assert _wait_for(lambda: server_file.is_file() and list(ckpts.glob("*/ckpt.pt")), 240), "did not start"
-    server_pid = json.loads(server_file.read_text())["pid"]
+    assert _wait_for(lambda: _prefect_servers_under(proc.pid) and list(ckpts.glob("*/ckpt.pt")), 240)
+    (server_pid,) = _prefect_servers_under(proc.pid)
     t0 = time.monotonic()
     os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=60)
@@ -314,9 +334,8 @@ def test_a_sigkilled_stage_takes_its_prefect_server_with_it(crawled, tmp_path):
         [sys.executable, "-m", "stages.clean", "--root", str(root)], cwd=ROOT, env=ENV,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    server_file = root / ".prefect" / "server.json"
-    assert _wait_for(server_file.is_file, 120), "no Prefect server was started"
-    server_pid = json.loads(server_file.read_text())["pid"]
+    assert _wait_for(lambda: _prefect_servers_under(proc.pid), 120), "no Prefect server was started"
+    (server_pid,) = _prefect_servers_under(proc.pid)
     proc.kill()
     proc.wait()
     assert _wait_for(lambda: not _alive(server_pid), 15), "the Prefect server outlived the killed stage"

@@ -76,11 +76,12 @@ class GPTConfig:
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention; banded (local) when ``window`` is given."""
 
-    def __init__(self, config: GPTConfig, window: int | None = None):
+    def __init__(self, config: GPTConfig, window: int | None = None, layer: int = 0):
         super().__init__()
         self.n_head = config.n_head
         self.n_embd = config.n_embd
         self.dropout = config.dropout
+        self.layer = layer  # where this layer's keys and values live in a KVCache
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v fused
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
@@ -89,21 +90,53 @@ class CausalSelfAttention(nn.Module):
             # built once for the longest sequence; forward slices the top-left T x T corner
             self.register_buffer("band", band_mask(config.block_size, window), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, cache: KVCache | None = None
+    ) -> torch.Tensor:
+        """``mask`` (B, 1, T, T_past + T), True = may attend, comes with padding or a cache; without
+        it the T queries see the T keys causally (the training path)."""
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         # (B, T, C) -> (B, n_head, T, head_dim)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        if cache is not None:
+            k, v = cache.append(self.layer, k, v)  # the keys and values of every position so far
         dropout_p = self.dropout if self.training else 0.0
-        if self.window is None:
+        if mask is not None:
+            if self.window is not None:  # the band counts cached positions too: query i is key slot past + i
+                mask = mask & self.band[k.size(2) - T : k.size(2), : k.size(2)]
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        elif self.window is None:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
         else:
             mask = self.band[:T, :T]
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
         return self.resid_dropout(self.c_proj(y))
+
+
+class KVCache:
+    """The keys and values of the positions already processed, per layer, so that generating a token
+    costs one position's work instead of re-encoding the whole context. Each layer's buffer is
+    allocated once, for ``max_length`` positions, and filled in place."""
+
+    def __init__(self, n_layer: int, max_length: int):
+        self.max_length = max_length
+        self.length = 0  # positions held (padding included); GPT.hidden advances it after each call
+        self.k: list[torch.Tensor | None] = [None] * n_layer
+        self.v: list[torch.Tensor | None] = [None] * n_layer
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store one layer's new keys and values (B, n_head, T, head_dim); return all held so far."""
+        if self.k[layer] is None:
+            shape = (k.size(0), k.size(1), self.max_length, k.size(3))
+            self.k[layer], self.v[layer] = k.new_zeros(shape), v.new_zeros(shape)
+        end = self.length + k.size(2)
+        self.k[layer][:, :, self.length : end] = k
+        self.v[layer][:, :, self.length : end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
 
 def band_mask(T: int, window: int | None) -> torch.Tensor:
@@ -131,19 +164,21 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """One transformer layer: post-norm for gpt1, pre-norm otherwise."""
 
-    def __init__(self, config: GPTConfig, window: int | None = None):
+    def __init__(self, config: GPTConfig, window: int | None = None, layer: int = 0):
         super().__init__()
         self.post_norm = config.arch == "gpt1"
         self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.attn = CausalSelfAttention(config, window)
+        self.attn = CausalSelfAttention(config, window, layer)
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, cache: KVCache | None = None
+    ) -> torch.Tensor:
         if self.post_norm:
-            x = self.ln_1(x + self.attn(x))
+            x = self.ln_1(x + self.attn(x, mask, cache))
             return self.ln_2(x + self.mlp(x))
-        x = x + self.attn(self.ln_1(x))
+        x = x + self.attn(self.ln_1(x), mask, cache)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -157,7 +192,7 @@ class GPT(nn.Module):
                 wpe=nn.Embedding(config.block_size, config.n_embd),
                 drop=nn.Dropout(config.dropout),
                 h=nn.ModuleList(
-                    Block(config, config.window if self.layer_is_sparse(i) else None)
+                    Block(config, config.window if self.layer_is_sparse(i) else None, i)
                     for i in range(config.n_layer)
                 ),
             )
@@ -195,28 +230,62 @@ class GPT(nn.Module):
         return band_mask(T, self.config.window if self.layer_is_sparse(layer) else None)
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, T, vocab) at every position, and the mean cross entropy if targets are given.
 
-        Targets equal to -1 are ignored in the loss.
+        Targets equal to -1 are ignored in the loss. ``attention_mask`` and ``cache`` serve
+        generation (see :meth:`hidden`).
         """
-        if idx.dim() != 2:
-            raise ValueError(f"idx must have shape (batch, time), got {tuple(idx.shape)}")
-        length = idx.size(1)
-        if length > self.config.block_size:
-            raise ValueError(f"sequence length {length} exceeds block_size {self.config.block_size}")
-        pos = torch.arange(length, dtype=torch.long, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
-        for block in self.transformer.h:
-            x = block(x)
-        if "ln_f" in self.transformer:
-            x = self.transformer.ln_f(x)
-        logits = self.lm_head(x)
+        logits = self.lm_head(self.hidden(idx, attention_mask, cache))
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
+
+    def hidden(
+        self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None, cache: KVCache | None = None
+    ) -> torch.Tensor:
+        """The final hidden states (B, T, n_embd) that the lm_head reads (after ``ln_f`` when the
+        architecture has one): GPT-1's fine-tuning heads and the reward model's scalar head sit on
+        these instead of the logits.
+
+        ``attention_mask`` (B, T_past + T) is 1 on tokens and 0 on left padding; a token's position
+        counts only the tokens before it, so a padded row computes what it would alone. ``cache``
+        holds the keys and values of the T_past positions before ``idx`` and receives those of ``idx``.
+        """
+        if idx.dim() != 2:
+            raise ValueError(f"idx must have shape (batch, time), got {tuple(idx.shape)}")
+        B, T = idx.shape
+        past = cache.length if cache is not None else 0
+        length = past + T
+        if length > self.config.block_size:
+            raise ValueError(f"sequence length {length} exceeds block_size {self.config.block_size}")
+        mask = None  # the training path: T queries see T keys causally
+        if attention_mask is None and cache is None:
+            pos = torch.arange(T, dtype=torch.long, device=idx.device)
+        else:
+            if attention_mask is None:
+                keep = torch.ones(B, length, dtype=torch.bool, device=idx.device)
+            else:
+                keep = attention_mask.bool()
+                if keep.shape != (B, length):
+                    raise ValueError(f"attention_mask must have shape {(B, length)}, got {tuple(keep.shape)}")
+            pos = (keep.long().cumsum(1) - 1).clamp(min=0)[:, past:]
+            query = torch.arange(past, length, device=idx.device).unsqueeze(1)  # key slot of each query
+            key = torch.arange(length, device=idx.device).unsqueeze(0)
+            # causal and never to padding; a padding query sees itself, so no softmax row is empty
+            mask = ((key <= query) & (keep[:, None, :] | (key == query))).unsqueeze(1)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        for block in self.transformer.h:
+            x = block(x, mask, cache)
+        if cache is not None:
+            cache.length = length
+        return self.transformer.ln_f(x) if "ln_f" in self.transformer else x
 
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameter count (tied weights once). ``non_embedding`` leaves out the position embeddings;
@@ -272,6 +341,8 @@ class GPT(nn.Module):
         top_p: float | None = None,
         generator: torch.Generator | None = None,
         eos_token: int | None = None,
+        attention_mask: torch.Tensor | None = None,
+        use_cache: bool = True,
     ) -> torch.Tensor:
         """Append up to ``max_new_tokens`` sampled tokens to ``idx`` (B, T) and return it.
 
@@ -280,6 +351,12 @@ class GPT(nn.Module):
         then to the smallest set whose probability reaches ``top_p`` (nucleus), and sampled.
         Once a row has emitted ``eos_token`` it is padded with ``eos_token``; generation stops
         early when every row has.
+
+        Prompts of different lengths are left-padded, with ``attention_mask`` (B, T) 0 on the padding.
+        With ``use_cache`` each step feeds only the new token and reuses the keys and values of the
+        others (:class:`KVCache`). Once the sequence outgrows ``block_size`` the window slides and
+        every position shifts, so from then on each step re-encodes the last ``block_size`` tokens,
+        exactly as without a cache.
         """
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
@@ -287,10 +364,16 @@ class GPT(nn.Module):
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         if top_p is not None and not 0.0 < top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        block = self.config.block_size
+        mask = attention_mask.bool() if attention_mask is not None else None
+        cache = KVCache(self.config.n_layer, block) if use_cache else None
         done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
         for _ in range(max_new_tokens):
-            context = idx[:, -self.config.block_size :]
-            logits, _ = self(context)
+            if cache is not None and idx.size(1) <= block:
+                logits, _ = self(idx[:, cache.length :], attention_mask=mask, cache=cache)
+            else:
+                cache = None
+                logits, _ = self(idx[:, -block:], attention_mask=None if mask is None else mask[:, -block:])
             logits = logits[:, -1, :]
             if temperature == 0:
                 next_token = logits.argmax(dim=-1, keepdim=True)
@@ -304,6 +387,8 @@ class GPT(nn.Module):
                 )
                 done |= next_token.squeeze(1) == eos_token
             idx = torch.cat((idx, next_token), dim=1)
+            if mask is not None:
+                mask = torch.cat((mask, torch.ones_like(next_token, dtype=torch.bool)), dim=1)
             if eos_token is not None and bool(done.all()):
                 break
         return idx

@@ -54,6 +54,7 @@ import lxml.html
 
 from pipeline.config import CrawlOptions
 from pipeline.errors import LineageError
+from pipeline.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -426,9 +427,12 @@ class _Crawler:
             self._enqueue(seed, 0, await self._seed_is_loopback(seed))
         # more workers than request slots, so one slow or paced host does not idle the whole crawl
         workers = [asyncio.create_task(self._worker()) for _ in range(2 * self.opts.concurrency)]
+        host = urlsplit(seeds[0]).netloc if seeds else ""
+        self.bar = Progress(self.opts.max_pages, f"crawl {host}", "pages")
         try:
             await self.queue.join()
         finally:
+            self.bar.close()
             for w in workers:
                 w.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
@@ -480,6 +484,8 @@ class _Crawler:
             await self._release(got_response=False)
             raise
         await self._release(got_response=rec.status is not None)
+        if rec.status is not None:
+            self.bar.update(1)
         self.log.append(rec)
         if rec.error is None and rec.content_type in HTML_TYPES and depth < self.opts.max_depth:
             for link in extract_links(rec.content or "", rec.final_url):

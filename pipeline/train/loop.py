@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from pipeline.config import PretrainConfig
 from pipeline.model.gpt import GPT, GPTConfig
+from pipeline.progress import Progress
 from pipeline.tokenizer import TokenData
 from pipeline.train.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.train.data import TrainBatches, source_windows
@@ -88,6 +89,14 @@ def lr_at(step: int, cfg: PretrainConfig) -> float:
         return cfg.min_lr
     progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
     return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
+
+
+def curve_name(key: str) -> str:
+    """``val/<src>/loss`` -> ``val/sources/<src>/loss``; other names unchanged."""
+    parts = key.split("/")
+    if len(parts) == 3 and parts[0] == "val" and parts[1] != "sources":
+        return f"val/sources/{parts[1]}/{parts[2]}"
+    return key
 
 
 # -------------------------------------------------------------------------------------------- trainer
@@ -250,6 +259,7 @@ class Trainer:
         t_start = time.perf_counter()
         t_log, tok_log, losses = time.perf_counter(), 0, []
         last: dict[str, float] = {}
+        bar = Progress(cfg.max_steps, "pretrain", "steps", initial=self.step) if self.dist.main else None
         while self.step < cfg.max_steps:
             if cfg.max_minutes is not None and self._stop_for_time(t_start):
                 break
@@ -258,6 +268,8 @@ class Trainer:
             self.tokens += tokens_per_step
             tok_log += tokens_per_step
             losses.append(loss)
+            if bar is not None:
+                bar.update(1, loss=loss, **({"tok/s": last["perf/tokens_per_s"]} if last else {}))
             if self.step % cfg.log_interval == 0 or self.step == cfg.max_steps:
                 dt = time.perf_counter() - t_log
                 tps = tok_log / dt
@@ -269,7 +281,7 @@ class Trainer:
                 }
                 self.history.append({"step": self.step, **{k: float(v) for k, v in last.items()}})
                 if self.dist.main:
-                    self.log(last, self.step)
+                    self._log(last, self.step)
                 t_log, tok_log, losses = time.perf_counter(), 0, []
             t_pause = time.perf_counter()
             if cfg.eval_interval and (self.step % cfg.eval_interval == 0 or self.step == cfg.max_steps):
@@ -279,13 +291,16 @@ class Trainer:
                 t_start = time.perf_counter()
                 self.save()
             t_log += time.perf_counter() - t_pause  # evaluation and saving are not training throughput
+        if bar is not None:
+            bar.close()
         self.elapsed += time.perf_counter() - t_start
         if not last:  # resumed a run that had already finished: report its last logged figures
             last = next((dict(h) for h in reversed(self.history) if "train/loss" in h), {})
             last.pop("step", None)
         final = self.evaluate() if self.windows else {}
-        if final and self.dist.main:
-            self.log(final, self.step)
+        evaluated_here = any(h["step"] == self.step and "val/loss" in h for h in self.history)
+        if final and self.dist.main and not evaluated_here:  # else the curve already ends on it
+            self._log(final, self.step)
         self.save()
         mean_tps = self.tokens / self.elapsed if self.elapsed > 0 else 0.0
         return {
@@ -300,11 +315,16 @@ class Trainer:
         if metrics:
             self.history.append({"step": self.step, **metrics})
             if self.dist.main:
-                self.log(metrics, self.step)
+                self._log(metrics, self.step)
         if self.sample is not None and self.dist.main:
             block = self.sample(self.model, self.step)
             if block:
                 self.samples.append(block)
+
+    def _log(self, metrics: dict[str, float], step: int) -> None:
+        """Curves under the names the stage's summary uses (``val/sources/<src>/bpb``), so MLflow
+        holds each per-source figure once."""
+        self.log({curve_name(k): v for k, v in metrics.items()}, step)
 
     def _stop_for_time(self, t_start: float) -> bool:
         """All ranks stop together once the minutes budget (over all resumed runs) is spent."""

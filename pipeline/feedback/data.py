@@ -1,0 +1,387 @@
+"""Real demonstrations and comparisons, from a local file or a ``datasets`` name, in the layouts the
+public sets use; and the prompt-disjoint splits every later stage reads.
+
+Demonstration layouts (``auto`` picks by the keys of the first record):
+
+* ``prompt_response``: ``prompt`` + ``response`` (or ``completion``);
+* ``dolly`` (databricks-dolly-15k): ``instruction``, optional ``context``, ``response``;
+* ``alpaca``: ``instruction``, optional ``input``, ``output``;
+* ``messages``: ``messages`` (or ``conversations``): ``[{role, content}]``; roles ``user``/``human``/
+  ``prompter``, ``assistant``/``gpt``/``bot``, ``system``; ShareGPT's ``from``/``value`` too;
+* ``oasst`` (OpenAssistant oasst1 rows): ``message_id``, ``parent_id``, ``role``, ``text``; every
+  assistant message of rank 0 (or unranked) becomes one conversation, its ancestors the prompt;
+* ``hh`` (Anthropic HH-RLHF): the ``chosen`` transcript, ``"\\n\\nHuman: ...\\n\\nAssistant: ..."``.
+
+Comparison layouts: ``chosen_rejected`` (HH: two transcripts that share the prompt, or ``prompt`` +
+``chosen`` + ``rejected``) and ``ranked`` (``prompt`` or ``messages``, ``responses``, ``ranks`` with
+0 = best, or ``ranking``, the response indices best first).
+
+A demonstration becomes ``{messages, reference}`` (the prompt turns and the final assistant turn);
+a comparison ``{messages, responses, ranks}``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import LineageError
+from pipeline.feedback.chat import check_messages
+from pipeline.feedback.config import DataSource
+
+ROLE_NAMES = {
+    "user": "user", "human": "user", "prompter": "user", "system": "system",
+    "assistant": "assistant", "gpt": "assistant", "bot": "assistant", "model": "assistant",
+}  # fmt: skip
+SPLITS = ("sft", "rm", "ppo", "eval")
+HH_TURN = re.compile(r"\n\n(Human|Assistant): ")
+
+
+# ------------------------------------------------------------------------------------------- reading
+def read_records(src: DataSource, root: Path, key: str) -> tuple[list[dict[str, Any]], str]:
+    """The raw records of ``src`` and a name for error messages."""
+    if src.path is not None:
+        path = Path(src.path) if Path(src.path).is_absolute() else root / src.path
+        origin = str(src.path)
+        if not path.is_file():
+            raise LineageError(f"{key}.path: {origin} not found")
+        records = _read_file(path, origin)
+    else:
+        origin = f"dataset {src.dataset}"
+        records = _read_dataset(src, key)
+    if src.max_records is not None:
+        records = records[: src.max_records]
+    if not records:
+        raise LineageError(f"{origin}: no records")
+    return records, origin
+
+
+def _read_file(path: Path, origin: str) -> list[dict[str, Any]]:
+    name = path.name.lower()
+    try:
+        if name.endswith(".parquet"):
+            import pyarrow.parquet as pq
+
+            return pq.read_table(path).to_pylist()
+        opener = gzip.open if name.endswith(".gz") else open
+        with opener(path, "rt", encoding="utf-8") as fh:
+            if name.endswith((".jsonl", ".jsonl.gz")):
+                return [json.loads(line) for line in fh if line.strip()]
+            data = json.load(fh)
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise LineageError(
+            f"{origin}: cannot read it ({type(e).__name__}: {str(e).splitlines()[0][:100]})"
+        ) from None
+    if isinstance(data, dict):  # {"train": [...]} or {"data": [...]}
+        data = next((v for v in data.values() if isinstance(v, list)), None)
+    if not isinstance(data, list):
+        raise LineageError(f"{origin}: expected a list of records (or .jsonl, one per line)")
+    return data
+
+
+def _read_dataset(src: DataSource, key: str) -> list[dict[str, Any]]:
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(src.dataset, src.config, split=src.split)
+    except Exception as e:  # offline, unknown name, missing split: one line for all
+        raise LineageError(
+            f"{key}.dataset: cannot load {src.dataset!r} split {src.split!r} "
+            f"({type(e).__name__}: {str(e).splitlines()[0][:120]}); offline runs need a local path "
+            "(or common.offline: false)"
+        ) from None
+    n = len(ds) if src.max_records is None else min(len(ds), src.max_records)
+    return [ds[i] for i in range(n)]
+
+
+# ------------------------------------------------------------------------------------ demonstrations
+def detect_demo_layout(rec: dict[str, Any]) -> str:
+    if "messages" in rec or "conversations" in rec:
+        return "messages"
+    if {"message_id", "parent_id", "role", "text"} <= set(rec):
+        return "oasst"
+    if "instruction" in rec and "response" in rec:
+        return "dolly"
+    if "instruction" in rec and "output" in rec:
+        return "alpaca"
+    if "prompt" in rec and ("response" in rec or "completion" in rec):
+        return "prompt_response"
+    if "chosen" in rec:
+        return "hh"
+    raise LineageError(f"cannot tell the layout of a record with keys {sorted(rec)[:8]}; set layout")
+
+
+def parse_hh(transcript: str, where: str) -> list[dict[str, str]]:
+    """``"\\n\\nHuman: a\\n\\nAssistant: b"`` -> messages."""
+    text = transcript if transcript.startswith("\n\n") else "\n\n" + transcript.lstrip("\n")
+    parts = HH_TURN.split(text)
+    if len(parts) < 3 or parts[0].strip():
+        raise LineageError(f"{where}: not an HH transcript (\\n\\nHuman: ... \\n\\nAssistant: ...)")
+    return [
+        {"role": "user" if who == "Human" else "assistant", "content": turn.strip()}
+        for who, turn in zip(parts[1::2], parts[2::2], strict=True)
+    ]
+
+
+def _messages(raw: Any, where: str) -> list[dict[str, str]]:
+    if not isinstance(raw, list):
+        raise LineageError(f"{where}: messages must be a list")
+    out = []
+    for m in raw:
+        if not isinstance(m, dict):
+            raise LineageError(f"{where}: each message must be an object")
+        role = ROLE_NAMES.get(str(m.get("role", m.get("from", ""))).lower())
+        content = m.get("content", m.get("value", m.get("text")))
+        if role is None or not isinstance(content, str):
+            raise LineageError(f"{where}: message {m!r:.60} has no known role or no text")
+        out.append({"role": role, "content": content})
+    return out
+
+
+def _demo_messages(rec: dict[str, Any], layout: str, where: str) -> list[dict[str, str]]:
+    if layout == "messages":
+        return _messages(rec.get("messages", rec.get("conversations")), where)
+    if layout == "dolly":
+        ctx = (rec.get("context") or "").strip()
+        user = rec["instruction"] + (f"\n\n{ctx}" if ctx else "")
+        return [
+            {"role": "user", "content": user},
+            {"role": "assistant", "content": rec.get("response") or ""},
+        ]
+    if layout == "alpaca":
+        inp = (rec.get("input") or "").strip()
+        user = rec["instruction"] + (f"\n\n{inp}" if inp else "")
+        return [{"role": "user", "content": user}, {"role": "assistant", "content": rec.get("output") or ""}]
+    if layout == "prompt_response":
+        reply = rec.get("response", rec.get("completion"))
+        return [
+            {"role": "user", "content": str(rec["prompt"])},
+            {"role": "assistant", "content": str(reply or "")},
+        ]
+    if layout == "hh":
+        return parse_hh(str(rec.get("chosen", "")), where)
+    raise LineageError(f"{where}: unknown layout {layout!r}")
+
+
+def _oasst_threads(records: list[dict[str, Any]], origin: str) -> list[list[dict[str, str]]]:
+    by_id = {r["message_id"]: r for r in records}
+    threads = []
+    for r in records:
+        if ROLE_NAMES.get(str(r.get("role")).lower()) != "assistant" or (r.get("rank") not in (None, 0)):
+            continue
+        chain, node = [], r
+        while node is not None:
+            chain.append(node)
+            node = by_id.get(node.get("parent_id"))
+        threads.append(
+            [
+                {"role": ROLE_NAMES.get(str(n["role"]).lower(), "user"), "content": n["text"]}
+                for n in reversed(chain)
+            ]
+        )
+    if not threads:
+        raise LineageError(
+            f"{origin}: no assistant message in the OpenAssistant rows; a demonstration needs one"
+        )
+    return threads
+
+
+def demonstrations(records: list[dict[str, Any]], layout: str, origin: str) -> list[dict[str, Any]]:
+    """``{id, messages, reference, ...}`` per record: the prompt turns and the final assistant turn."""
+    layout = detect_demo_layout(records[0]) if layout == "auto" else layout
+    if layout == "oasst":
+        conversations = _oasst_threads(records, origin)
+    else:
+        conversations = [_demo_messages(r, layout, f"{origin}: record {i}") for i, r in enumerate(records)]
+    out = []
+    for i, conv in enumerate(conversations):
+        where = f"{origin}: record {i}"
+        last = max((k for k, m in enumerate(conv) if m["role"] == "assistant"), default=None)
+        if last is None:
+            raise LineageError(f"{where} has no assistant turn; a demonstration needs the response to learn")
+        prompt, reply = conv[:last], conv[last]["content"].strip()
+        if not any(m["role"] == "user" for m in prompt):
+            raise LineageError(f"{where} has no user turn before its assistant turn")
+        if not reply:
+            raise LineageError(f"{where}: empty assistant response; drop the record or fill it in")
+        out.append(demo_record(check_messages(prompt, where), reply, origin))
+    return out
+
+
+def demo_record(messages: list[dict[str, str]], reply: str, origin: str) -> dict[str, Any]:
+    key = json.dumps(messages, sort_keys=True)
+    return {
+        "id": "demo-" + hashlib.sha1(key.encode()).hexdigest()[:12],
+        "family": "demo",
+        "messages": messages,
+        "reference": reply,
+        "answers": [reply],
+        "kind": "answer",
+        "format": "sentence",
+        "group": key,
+        "source": origin,
+    }
+
+
+# ------------------------------------------------------------------------------------- comparisons
+def detect_comparison_layout(rec: dict[str, Any]) -> str:
+    if "chosen" in rec and "rejected" in rec:
+        return "chosen_rejected"
+    if "responses" in rec:
+        return "ranked"
+    raise LineageError(
+        f"cannot tell the comparison layout of a record with keys {sorted(rec)[:8]}; set layout"
+    )
+
+
+def comparisons(records: list[dict[str, Any]], layout: str, origin: str) -> list[dict[str, Any]]:
+    """``{id, messages, responses, ranks}`` per record (ranks: 0 = best; equal ranks tie)."""
+    layout = detect_comparison_layout(records[0]) if layout == "auto" else layout
+    out = []
+    for i, rec in enumerate(records):
+        where = f"{origin}: record {i}"
+        if layout == "chosen_rejected":
+            messages, responses = _pair(rec, where)
+            ranks = [0, 1]
+        else:
+            messages = (
+                _messages(rec["messages"], where)
+                if "messages" in rec
+                else [{"role": "user", "content": str(rec.get("prompt", ""))}]
+            )
+            responses = rec.get("responses")
+            if not isinstance(responses, list):
+                raise LineageError(f"{where}: responses must be a list")
+            responses = [str(r) for r in responses]
+            if len(responses) < 2:
+                raise LineageError(f"{where} ranks K={len(responses)} response(s); a comparison needs K >= 2")
+            ranks = _ranks(rec, len(responses), where)
+        if any(not r.strip() for r in responses):
+            raise LineageError(f"{where}: empty response; every ranked response needs text")
+        if not any(m["role"] == "user" and m["content"].strip() for m in messages):
+            raise LineageError(f"{where}: no prompt (no user turn with text)")
+        if len(set(ranks)) < 2:
+            raise LineageError(f"{where}: every response has the same rank; nothing to learn from")
+        key = json.dumps([messages, responses], sort_keys=True)
+        out.append({
+            "id": "cmp-" + hashlib.sha1(key.encode()).hexdigest()[:12], "family": "data",
+            "messages": check_messages(messages, where), "responses": responses, "ranks": ranks,
+            "group": json.dumps(messages, sort_keys=True), "source": origin,
+        })  # fmt: skip
+    return out
+
+
+def _pair(rec: dict[str, Any], where: str) -> tuple[list[dict[str, str]], list[str]]:
+    chosen, rejected = rec.get("chosen"), rec.get("rejected")
+    if not isinstance(chosen, str) or not isinstance(rejected, str):
+        raise LineageError(f"{where}: chosen and rejected must be strings")
+    if "prompt" in rec:  # prompt apart, chosen/rejected are the responses (maybe with the prompt in front)
+        prompt = str(rec["prompt"])
+        messages = (
+            parse_hh(prompt + "\n\nAssistant: x", where)[:-1]
+            if "Human:" in prompt
+            else [{"role": "user", "content": prompt}]
+        )
+        return messages, [chosen.removeprefix(prompt).strip(), rejected.removeprefix(prompt).strip()]
+    a, b = parse_hh(chosen, where), parse_hh(rejected, where)
+    if a[-1]["role"] != "assistant" or b[-1]["role"] != "assistant":
+        raise LineageError(f"{where}: a transcript does not end with an assistant turn")
+    return a[:-1], [a[-1]["content"], b[-1]["content"]]
+
+
+def _ranks(rec: dict[str, Any], k: int, where: str) -> list[int]:
+    if "ranks" in rec:
+        ranks = rec["ranks"]
+        if (
+            not isinstance(ranks, list)
+            or len(ranks) != k
+            or not all(isinstance(r, int) and r >= 0 for r in ranks)
+        ):
+            raise LineageError(f"{where}: ranks must hold {k} integers >= 0 (0 = best)")
+        return list(ranks)
+    if "ranking" in rec:
+        order = rec["ranking"]
+        if sorted(order) != list(range(k)):
+            raise LineageError(f"{where}: ranking must be a permutation of 0..{k - 1} (best first)")
+        ranks = [0] * k
+        for level, idx in enumerate(order):
+            ranks[idx] = level
+        return ranks
+    raise LineageError(f"{where}: a ranked comparison needs ranks or ranking")
+
+
+# ------------------------------------------------------------------------------------------- splits
+def quotas(total: int, families: list[str]) -> dict[str, int]:
+    """``total`` shared evenly among ``families`` (the first ones take the remainder)."""
+    base, extra = divmod(total, len(families))
+    return {f: base + (i < extra) for i, f in enumerate(families)}
+
+
+def deal(pools: dict[str, list[dict[str, Any]]], sizes: dict[str, int]) -> tuple[dict[str, list[dict]], dict]:
+    """Deal each family's examples into the splits in order, never one group (or one prompt) into two
+    splits. Returns the splits and, per split and family, how many were asked and given."""
+    families = list(pools)
+    taken_groups: set[tuple[str, str]] = set()
+    taken_prompts: set[str] = set()
+    cursor = dict.fromkeys(families, 0)
+    splits: dict[str, list[dict]] = {s: [] for s in sizes}
+    report: dict[str, dict[str, dict[str, int]]] = {}
+    for split, total in sizes.items():
+        report[split] = {}
+        for family, want in quotas(total, families).items():
+            got = 0
+            pool = pools[family]
+            while got < want and cursor[family] < len(pool):
+                ex = pool[cursor[family]]
+                cursor[family] += 1
+                prompt = json.dumps(ex["messages"], sort_keys=True)
+                if (family, ex["group"]) in taken_groups or prompt in taken_prompts:
+                    continue
+                taken_groups.add((family, ex["group"]))
+                taken_prompts.add(prompt)
+                splits[split].append(ex)
+                got += 1
+            report[split][family] = {"asked": want, "given": got}
+    return splits, report
+
+
+def check_disjoint(splits: dict[str, list[dict[str, Any]]]) -> None:
+    """Refuse splits that share a prompt or a group: an evaluation would then measure memory."""
+    seen: dict[str, str] = {}
+    for split, items in splits.items():
+        for ex in items:
+            for key in (json.dumps(ex["messages"], sort_keys=True), f"{ex['family']}\n{ex['group']}"):
+                other = seen.setdefault(key, split)
+                if other != split:
+                    raise LineageError(
+                        f"splits {other} and {split} share {ex['id']}; splits must be disjoint"
+                    )
+
+
+def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    with path.open("w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
+    return n
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise LineageError(f"{path}: missing; run `dvc repro instructions` first")
+    with path.open(encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def read_split(directory: Path, split: str) -> list[dict[str, Any]]:
+    """One split written by the instructions stage: the one place every later stage reads prompts."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    return read_jsonl(directory / f"{split}.jsonl")

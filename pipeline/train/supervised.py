@@ -1,0 +1,268 @@
+"""One supervised training loop for every objective after pretraining: GPT-1 fine-tuning
+(classifier + lambda * LM), InstructGPT's SFT (LM loss on response tokens only) and reward model
+(K-way ranking loss), or plain LM. Each stage brings its model, its batches and its objective;
+the loop owns the optimiser, the schedule, precision, clipping, evaluation and checkpoints.
+
+Interface (what a caller provides)::
+
+    trainer = SupervisedTrainer(
+        model,            # nn.Module; `model.configure_optimizer(wd, lr, betas)` gives AdamW groups
+                          # (GPT's rule: decay on matrices only). Wrappers around a GPT reuse it as
+                          # `configure_optimizer = GPT.configure_optimizer`.
+        loss_fn,          # loss_fn(model, batch) -> (loss: 0-d tensor, metrics: dict[str, float]);
+                          # called inside autocast; `model.training` tells train from eval
+        batches,          # batches(epoch) -> Sequence of batches (anything loss_fn understands,
+                          # tensors moved with `to_device`); the same epoch must give the same
+                          # batches in the same order (seed the shuffle with the epoch), which is
+                          # what makes resume exact
+        cfg,              # SupervisedConfig: lr, schedule, epochs or max_steps, clipping, ...
+        seed=..., device=..., checkpoint=Path | None,
+        evaluate=None,    # evaluate(model) -> dict[str, float], run in eval mode under no_grad
+        log=None,         # log(metrics, step): curves (train/loss, train/lr, eval metrics)
+    )
+    result = trainer.run()   # the last train metrics, the final evaluation, steps, examples/s
+
+Examples of objectives: ``lm_loss`` below (next-token cross entropy on ``batch["tokens"]`` with
+``-1`` targets ignored: SFT masks the prompt by setting its targets to -1); GPT-1's
+``L2 + lambda * L1`` lives in :mod:`pipeline.eval.finetune`; a reward model returns a scalar per
+sequence and its loss_fn takes ``-log sigmoid(r_chosen - r_rejected)`` over the C(K, 2) pairs.
+
+Schedule: linear warmup over ``warmup_steps`` (or ``warmup_fraction`` of all steps), then linear
+decay to ``min_lr_ratio * lr`` (GPT-1's fine-tuning schedule) or cosine, or constant.
+Exact resume: the checkpoint holds model, optimiser, step, RNG state and history; the position in
+the epoch follows from the step, so a killed run continues with the very next batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+from pipeline.train.checkpoint import load_checkpoint, save_checkpoint
+
+LossFn = Callable[[torch.nn.Module, Any], tuple[torch.Tensor, dict[str, float]]]
+
+
+@dataclass
+class SupervisedConfig:
+    lr: float = 6.25e-5
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    epochs: int = 3
+    max_steps: int | None = None  # stop earlier than `epochs`
+    warmup_steps: int | None = None  # None: warmup_fraction of all steps (at least one step)
+    warmup_fraction: float = 0.002
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    dtype: str = "auto"  # auto | float32 | bfloat16 (bf16 autocast on CPU, as pretraining)
+    eval_interval: int = 0  # steps; 0 = only at the end
+    log_interval: int = 10
+    checkpoint_interval: int = 0  # steps; 0 = only at the end (when a checkpoint path is given)
+    resume: bool = True
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str, min_ratio: float) -> float:
+    """Multiplier of the peak lr at ``step`` (0-based) of ``total``: linear warmup, then decay."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if schedule == "cosine":
+        return min_ratio + 0.5 * (1 + math.cos(math.pi * progress)) * (1 - min_ratio)
+    return min_ratio + (1 - progress) * (1 - min_ratio)
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """Tensors anywhere in dicts, lists and tuples moved to ``device``; everything else as is."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, list | tuple):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
+def lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    """Next-token cross entropy: ``batch["tokens"]`` (B, T+1) ids, or ``batch["x"]``/``batch["y"]``
+    with -1 targets ignored (SFT: the prompt's targets are -1, so only the response is learned)."""
+    if "tokens" in batch:
+        x, y = batch["tokens"][:, :-1].clamp(min=0), batch["tokens"][:, 1:]
+    else:
+        x, y = batch["x"], batch["y"]
+    logits, _ = model(x)
+    loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), ignore_index=-1)
+    return loss, {"lm_loss": loss.item()}
+
+
+@dataclass
+class SupervisedTrainer:
+    model: torch.nn.Module
+    loss_fn: LossFn
+    batches: Callable[[int], Sequence[Any]]
+    cfg: SupervisedConfig
+    seed: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    checkpoint: Path | None = None
+    evaluate: Callable[[torch.nn.Module], dict[str, float]] | None = None
+    log: Callable[[dict[str, float], int], None] | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        from pipeline.train.loop import autocast_dtype
+
+        self.model.to(self.device)
+        self.dtype = autocast_dtype(self.cfg.dtype, self.device)
+        self.optimizer = self.model.configure_optimizer(self.cfg.weight_decay, self.cfg.lr, self.cfg.betas)
+        self.steps_per_epoch = math.ceil(len(self.batches(0)) / self.cfg.grad_accum)
+        total = self.steps_per_epoch * self.cfg.epochs
+        self.total_steps = min(total, self.cfg.max_steps) if self.cfg.max_steps else total
+        warm = self.cfg.warmup_steps
+        self.warmup = warm if warm is not None else max(1, round(self.cfg.warmup_fraction * self.total_steps))
+        self.step = 0
+        self.examples = 0
+        self.elapsed = 0.0
+        self.resumed_from = -1
+        torch.manual_seed(self.seed)
+        if self.checkpoint is not None and self.cfg.resume and self.checkpoint.is_file():
+            self._restore(load_checkpoint(self.checkpoint, self._config_tag()))
+
+    # -- checkpoints
+    def _config_tag(self) -> dict[str, Any]:
+        """What a checkpoint must match to be resumed: the model's shape and the run length."""
+        tag = {"steps": self.total_steps, "params": sum(p.numel() for p in self.model.parameters())}
+        config = getattr(self.model, "config", None)
+        if config is not None and hasattr(config, "to_dict"):
+            tag.update(config.to_dict())
+        return tag
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "model_config": self._config_tag(),
+            "step": self.step,
+            "examples": self.examples,
+            "elapsed": self.elapsed,
+            "history": self.history,
+            "rng_cpu": torch.get_rng_state(),
+        }
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.examples, self.elapsed = state["step"], state["examples"], state["elapsed"]
+        self.history = list(state["history"])
+        torch.set_rng_state(state["rng_cpu"])
+        self.resumed_from = self.step
+
+    def save(self) -> None:
+        if self.checkpoint is not None:
+            save_checkpoint(self.checkpoint, self._state())
+
+    # -- running
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    @torch.no_grad()
+    def run_eval(self) -> dict[str, float]:
+        if self.evaluate is None:
+            return {}
+        was = self.model.training
+        self.model.eval()
+        with self.autocast():
+            out = self.evaluate(self.model)
+        self.model.train(was)
+        return out
+
+    def train_step(self, micro: Sequence[Any]) -> dict[str, float]:
+        """One optimiser step over the micro-batches ``micro``; the mean of their metrics."""
+        factor = lr_factor(self.step, self.total_steps, self.warmup, self.cfg.schedule, self.cfg.min_lr_ratio)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.cfg.lr * factor
+        sums: dict[str, float] = {}
+        for batch in micro:
+            batch = to_device(batch, self.device)
+            with self.autocast():
+                loss, metrics = self.loss_fn(self.model, batch)
+            (loss / len(micro)).backward()
+            sums["loss"] = sums.get("loss", 0.0) + loss.item()
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            self.examples += batch_size(batch)
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        out = {f"train/{k}": v / len(micro) for k, v in sums.items()}
+        out["train/lr"] = self.cfg.lr * factor
+        return out
+
+    def run(self) -> dict[str, float]:
+        self.model.train()
+        t0 = time.perf_counter()
+        last: dict[str, float] = {}
+        accum = self.cfg.grad_accum
+        epoch_batches: Sequence[Any] = ()
+        loaded_epoch = -1
+        while self.step < self.total_steps:
+            epoch, k = divmod(self.step, self.steps_per_epoch)
+            if epoch != loaded_epoch:
+                epoch_batches, loaded_epoch = self.batches(epoch), epoch
+            last = self.train_step(epoch_batches[k * accum : (k + 1) * accum])
+            self.step += 1
+            if self.log is not None and (
+                self.step % self.cfg.log_interval == 0 or self.step == self.total_steps
+            ):
+                self.log(last, self.step)
+            if (
+                self.cfg.eval_interval
+                and self.step % self.cfg.eval_interval == 0
+                and self.step < self.total_steps
+            ):
+                metrics = self.run_eval()
+                self.history.append({"step": self.step, **metrics})
+                if self.log is not None and metrics:
+                    self.log(metrics, self.step)
+            if self.cfg.checkpoint_interval and self.step % self.cfg.checkpoint_interval == 0:
+                self.elapsed += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                self.save()
+        self.elapsed += time.perf_counter() - t0
+        final = self.run_eval()
+        if final:
+            self.history.append({"step": self.step, **final})
+            if self.log is not None:
+                self.log(final, self.step)
+        self.save()
+        return {
+            **last, **final, "steps": self.step, "examples": self.examples, "train_s": self.elapsed,
+            "examples_per_s": self.examples / self.elapsed if self.elapsed > 0 else 0.0,
+        }  # fmt: skip
+
+
+def batch_size(batch: Any) -> int:
+    """Examples in a batch: the leading size of its first tensor."""
+    if isinstance(batch, torch.Tensor):
+        return int(batch.size(0))
+    if isinstance(batch, dict):
+        batch = list(batch.values())
+    if isinstance(batch, list | tuple):
+        for v in batch:
+            n = batch_size(v)
+            if n:
+                return n
+    return 0

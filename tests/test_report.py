@@ -1,0 +1,89 @@
+"""The report card: declarations fill the table, missing stages say "not run", dvc.yaml's report
+stage depends on exactly what the report reads, the page is self-contained."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+from pipeline import report
+from pipeline.io import write_csv
+from tests.conftest import ROOT
+
+
+def test_dvc_yaml_report_stage_is_last_and_depends_on_what_it_reads():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert list(stages)[-1] == "report"
+    deps = set(stages["report"]["deps"])
+    needed = report.report_deps([s for s in stages if s != "report"])
+    missing = sorted(set(needed) - deps)
+    assert not missing, f"add to the report stage's deps in dvc.yaml: {missing}"
+    # nothing else from data/: the report must not rerun for data it does not read
+    assert {d for d in deps if d.startswith("data/")} == set(needed)
+
+
+def test_rows_fill_from_globs_and_side_by_side_keys():
+    spec = report.StageReport(
+        "t",
+        (
+            report.Row("{} in / out", "sources/*/in", "sources/*/out", fmt="int"),
+            report.Row("rate", "rate", fmt="pct"),
+            report.Row("absent", "nothing/here"),
+        ),
+    )
+    flat = report.flatten({"sources": {"a": {"in": 10, "out": 7}, "b": {"in": 3}}, "rate": 0.25})
+    assert report.table_rows(spec, flat) == [
+        ("a in / out", "10 / 7"),
+        ("b in / out", "3 / n/a"),
+        ("rate", "25.0%"),
+    ]
+
+
+def test_keep_curve_is_the_pareto_rule():
+    rng = np.random.default_rng(0)
+    for score, alpha in ((0.9, 9.0), (0.5, 3.0), (0.1, 1.0)):
+        sim = float(np.mean(rng.pareto(alpha, 200_000) > 1 - score))
+        assert report.keep_probability(score, alpha) == pytest.approx(sim, abs=0.005)
+
+
+def test_report_marks_stages_not_run_and_inlines_its_plots(tmp_path):
+    data = tmp_path / "data"
+    (data / "pretrain").mkdir(parents=True)
+    metrics = {
+        "val": {"loss": 5.25, "sources": {"ref": {"bpb": 2.5}}},
+        "perf": {"wall_s": 12.0, "flow_overhead_s": 1.0},
+    }
+    (data / "pretrain" / "metrics.json").write_text(json.dumps(metrics))
+    write_csv(
+        data / "pretrain" / "plots" / "train.csv",
+        [{"step": s, "loss": 6 - s / 10, "lr": 1e-3} for s in range(1, 9)],
+    )
+    write_csv(data / "pretrain" / "plots" / "val.csv", [{"step": 4, "loss": 5.6}, {"step": 8, "loss": 5.25}])
+    out = tmp_path / "out"
+    out.mkdir()
+    changed = {"pretrain.n_layer": (4, 2)}
+    rep = report.build(tmp_path, out, ["crawl", "pretrain"], {}, {"git commit": "abc"}, changed)
+    md = report.to_markdown(rep)
+    assert "| crawl | not run |" in md and "| pretrain | validation loss (nats/token) | 5.25 |" in md
+    assert "| pretrain | ref bits per byte | 2.5 |" in md
+    assert "| pretrain.n_layer | 4 | 2 |" in md
+    assert "sft | not run (not in dvc.yaml yet)" in md  # declared, not yet in the pipeline
+    assert (out / "plots" / "pretrain_loss.png").is_file()
+    page = report.to_html(rep, out)
+    assert "data:image/png;base64," in page and "http" not in page.replace("http-equiv", "")
+
+
+def test_lineage_report_prints_the_path(tmp_path):
+    cmd = [sys.executable, "-m", "pipeline.cli", "report"]
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    missing = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 1 and "dvc repro report" in missing.stderr
+    (tmp_path / "data" / "report").mkdir(parents=True)
+    (tmp_path / "data" / "report" / "report.html").write_text("<html></html>")
+    found = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert found.returncode == 0 and found.stdout.strip() == str(tmp_path / "data" / "report" / "report.html")
