@@ -156,6 +156,31 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}{': ' + msg if msg else ''}{where}"
 
 
+def _interrupt_watchdog(stage: str, grace_s: float = 3.5) -> None:
+    """Ctrl-C raises KeyboardInterrupt as usual, and also arms a timer: if cleanup or a thread that
+    is not ours (a flow engine's, a logging worker's) keeps the process alive past ``grace_s``, it
+    exits 130 anyway. Whatever was half-written is a temporary folder the next run removes."""
+    import signal
+    import threading
+
+    said = threading.Event()
+
+    def force() -> None:
+        if not said.is_set():
+            print(f"error: {stage}: interrupted; nothing was written", file=sys.stderr, flush=True)
+        os._exit(130)
+
+    def handler(_signum: int, _frame: Any) -> None:
+        timer = threading.Timer(grace_s, force)
+        timer.daemon = True
+        timer.start()
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, handler)
+    _interrupt_watchdog.said = said  # type: ignore[attr-defined]
+
+
 def main(
     stage: str,
     body: Callable[[StageContext], dict[str, Any]],
@@ -169,6 +194,7 @@ def main(
     ap.add_argument("--root", default=".", help="project root holding data/ (default: .)")
     args = ap.parse_args(argv)
     root = Path(args.root).resolve()
+    _interrupt_watchdog(stage)
     try:
         params = load_params(root / args.params if not Path(args.params).is_absolute() else args.params)
         metrics = run_stage(stage, body, root, params, headline)
@@ -176,7 +202,8 @@ def main(
         print(f"error: {stage}: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"error: {stage}: interrupted; nothing was written", file=sys.stderr)
+        _interrupt_watchdog.said.set()  # type: ignore[attr-defined]
+        print(f"error: {stage}: interrupted; nothing was written", file=sys.stderr, flush=True)
         return 130
     except OSError as e:
         where = f"{e.filename}: " if getattr(e, "filename", None) else ""

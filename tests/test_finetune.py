@@ -261,7 +261,7 @@ def test_finetune_stage_writes_models_predictions_and_metrics_for_every_task(pro
     trunk = load_finetuned_trunk(out / "model" / "source")  # what evaluate scores as finetune/source
     assert trunk.lm_head.weight is trunk.transformer.wte.weight
     headline = json.loads((project / "metrics" / "finetune.json").read_text())
-    assert 5 <= len(headline) <= 15 and "tasks/source/pretrained/acc/value" in headline
+    assert 5 <= len(headline) <= 15 and "ft/source" in headline
 
 
 def test_finetune_refuses_a_model_from_another_tokenizer_and_writes_nothing(project, tmp_path):
