@@ -32,6 +32,7 @@ def shipped_params() -> dict[str, Any]:
     )
     return yaml.safe_load(out.stdout if out.returncode == 0 else (ROOT / "params.yaml").read_text())
 
+
 WORDS = [
     "river",
     "mountain",
