@@ -171,6 +171,9 @@ def _interrupt_watchdog(stage: str, grace_s: float = 3.5) -> None:
         os._exit(130)
 
     def handler(_signum: int, _frame: Any) -> None:
+        # One Ctrl-C is enough: a terminal sends SIGINT to the whole process group and DVC forwards
+        # its own copy, so later ones are ignored rather than interrupting the cleanup.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         timer = threading.Timer(grace_s, force)
         timer.daemon = True
         timer.start()
