@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml
 	# exact pin first: a looser requirement pulls a multi-GB CUDA build
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
+	# Vega for `dvc plots show` offline, once (keeps DVC's CDN page if the registry is unreachable)
+	$(PY) -m pipeline.vega
 	touch $(STAMP)
 
 run: $(STAMP)
