@@ -187,6 +187,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
     from pipeline.eval.lm import kept_checkpoints, lm_metrics, load_kept, tokens_per_byte
     from pipeline.io import list_shards, read_rows
     from pipeline.model.export import to_hf
+    from pipeline.progress import Progress
     from pipeline.tokenizer import eot_id, load_tokenizer, open_tokens, read_meta
     from pipeline.train.loop import autocast_dtype
 
@@ -238,6 +239,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
         "models": {}, "contamination": dirty, "dropped_too_long": {n: t.get("dropped", 0) for n, t in tasks.items()},
     }  # fmt: skip
     rows: list[dict[str, Any]] = []
+    passes = Progress(len(models) * len(cfg.num_fewshot), "evaluate: lm-eval passes (model x k)", "pass")
     for name, loader in models:
         model = loader().to(device)
         check_vocab(model.config.vocab_size, tokenizer, f"evaluate.models: {name}")
@@ -264,6 +266,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
                             "stderr": round(r.get(f"{metric}_stderr", float("nan")), 4),
                             "chance": chance, "n": int(r["n"]), "contaminated": dirty.get(short),
                         })  # fmt: skip
+            passes.update(model=name, k=k)
         synth = [
             t
             for t in res["tasks"]
@@ -276,6 +279,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
             }
         out["models"][name] = res
         model.cpu()
+    passes.close()
 
     # zero-shot across pretraining (our own scorer: in-process, no per-call harness setup)
     curve: list[dict[str, Any]] = []
@@ -288,14 +292,16 @@ def body(ctx: StageContext) -> dict[str, Any]:
         points = [(step, lambda p=p: load_kept(p, pm)) for step, p in kept]
         if final_step is not None and all(s != final_step for s, _ in points):
             points.append((final_step, lambda: final_model))
-        for step, load in points:
-            m = load().to(device)
-            for t in cfg.curve_tasks:
-                if t not in tasks:
-                    continue
-                acc = _own_score(m, encode, eot, tasks[t], cfg.batch_size, device)
-                curve.append({"step": step, "task": t, "acc": round(acc, 4)})
-                ctx.tracker.log_metrics({f"curve/{t}/acc": acc}, step=step)
+        with Progress(len(points), "evaluate: zero-shot over checkpoints", "ckpt") as bar:
+            for step, load in points:
+                m = load().to(device)
+                for t in cfg.curve_tasks:
+                    if t not in tasks:
+                        continue
+                    acc = _own_score(m, encode, eot, tasks[t], cfg.batch_size, device)
+                    curve.append({"step": step, "task": t, "acc": round(acc, 4)})
+                    ctx.tracker.log_metrics({f"curve/{t}/acc": acc}, step=step)
+                bar.update(step=step)
         out["checkpoints"] = {"points": len(points), "kept": len(kept)}
 
     table = sorted(rows, key=lambda r: (r["model"], r["task"], r["metric"], r["k"]))
