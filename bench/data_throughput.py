@@ -8,8 +8,9 @@ data/crawl/docs and data/clean/docs (read only):
            plus where clean_doc's time goes (extraction, normalisation, filters, language id)
   quality  load_classifier + predict_proba per shard + Pareto rule (score_shard's path)
            vs  predict_proba over all texts with the same fitted pipeline
-  minhash  minhash_signatures (shingling + MinHash.bulk)  vs  MinHash.bulk on pre-split shingles,
-           and the shingling alone
+  minhash  minhash_signatures with dedup.minhash: numpy (vectorised)  vs  datasketch (MinHash.bulk,
+           the reference), for each feature kind (gpt3, word, char), on short documents (30-word
+           windows of the clean corpus) and on the clean documents; ratio = numpy / datasketch
   extract  word-level precision / recall / F1 of three extractors against the gold article bodies
            of the article-extraction-benchmark (skipped when that folder is absent)
 
@@ -243,49 +244,36 @@ def bench_quality(params: Any, data: Path, repeats: int) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------- minhash
 def bench_minhash(params: Any, data: Path, repeats: int) -> dict[str, Any]:
-    from datasketch import MinHash
-
-    from pipeline.text.dedup import minhash_signatures, shingles
+    """Both signature paths (``dedup.minhash``: numpy and datasketch) side by side, for each
+    feature kind, on the clean corpus as it is and cut into short documents (30-word windows).
+    docs/s is wall time; docs per CPU second is what one core does when others share the machine."""
+    from pipeline.text.minhash import minhash_signatures
 
     texts = [r["text"] for r in read(shards(data / "clean", "clean"), ["text"])]
+    short = [" ".join(w[i : i + 30]) for t in texts if (w := t.split()) for i in range(0, len(w), 30)]
     cfg, seed = params.dedup, params.common.seed
-    pre = [shingles(t, cfg.ngram) for t in texts]
-
-    def ours() -> None:
-        minhash_signatures(texts, cfg, seed=seed)
-
-    def bare() -> None:
-        MinHash.bulk(pre, num_perm=cfg.num_perm, seed=seed)
-
-    def shingling() -> None:
-        for t in texts:
-            shingles(t, cfg.ngram)
-
-    def bare_from_text() -> None:
-        # the least a caller of datasketch must do from text: whitespace word 5-grams, then bulk
-        n = cfg.ngram
-        sets = []
-        for t in texts:
-            words = t.split()
-            sets.append({" ".join(words[i : i + n]).encode() for i in range(max(1, len(words) - n + 1))})
-        MinHash.bulk(sets, num_perm=cfg.num_perm, seed=seed)
-
-    ours()
-    times = race(
-        {"ours": ours, "bare": bare, "shingling": shingling, "bare_from_text": bare_from_text}, repeats
-    )
-    result = {
-        "docs": len(texts),
-        "num_perm": cfg.num_perm,
-        "ngram": cfg.ngram,
-        "mean_shingles": round(sum(len(s) for s in pre) / len(pre), 1),
-        "ours": rate(len(texts), times["ours"]),
-        "bare": rate(len(texts), times["bare"]),
-        "shingling": rate(len(texts), times["shingling"]),
-        "bare_from_text": rate(len(texts), times["bare_from_text"]),
-    }
-    result["ratio"] = result["bare"]["docs_per_s"] / result["ours"]["docs_per_s"]
-    result["ratio_from_text"] = result["bare_from_text"]["docs_per_s"] / result["ours"]["docs_per_s"]
+    result: dict[str, Any] = {"num_perm": cfg.num_perm, "default_features": cfg.features, "runs": []}
+    for corpus, docs in (("short (30-word windows)", short), ("clean documents", texts)):
+        for kind in ("gpt3", "word", "char"):
+            paths = {
+                m: cfg.model_copy(update={"features": kind, "minhash": m}) for m in ("numpy", "datasketch")
+            }
+            for c in paths.values():
+                minhash_signatures(docs[:50], c, seed=seed)  # warm-up: imports, permutation tables
+            wall: dict[str, list[float]] = {m: [] for m in paths}
+            cpu: dict[str, list[float]] = {m: [] for m in paths}
+            for _ in range(repeats):
+                for m, c in paths.items():
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    minhash_signatures(docs, c, seed=seed)
+                    wall[m].append(time.perf_counter() - t0)
+                    cpu[m].append(time.process_time() - c0)
+            run: dict[str, Any] = {"corpus": corpus, "features": kind, "docs": len(docs),
+                                   "mean_words": round(sum(len(d.split()) for d in docs) / len(docs), 1)}  # fmt: skip
+            for m in paths:
+                run[m] = {**rate(len(docs), wall[m]), "docs_per_cpu_s": len(docs) / min(cpu[m])}
+            run["ratio"] = run["numpy"]["docs_per_s"] / run["datasketch"]["docs_per_s"]
+            result["runs"].append(run)
     return result
 
 
@@ -476,46 +464,20 @@ def report(r: dict[str, Any]) -> str:
             ]
         )
     if "minhash" in r:
-        m = r["minhash"]
-        rows.append(
-            [
-                f"minhash: minhash_signatures (num_perm {m['num_perm']})",
-                m["docs"],
-                f"{m['ours']['docs_per_s']:.0f}",
-                "",
-                "",
-            ]
-        )
-        rows.append(
-            [
-                "minhash: bare MinHash.bulk on pre-split shingles",
-                m["docs"],
-                f"{m['bare']['docs_per_s']:.0f}",
-                f"{m['ratio']:.2f}x",
-                "",
-            ]
-        )
-        rows.append(
-            [
-                f"minhash: shingling alone ({m['ngram']}-grams)",
-                m["docs"],
-                f"{m['shingling']['docs_per_s']:.0f}",
-                "",
-                "",
-            ]
-        )
-        rows.append(
-            [
-                "minhash: bare text.split() 5-grams + MinHash.bulk",
-                m["docs"],
-                f"{m['bare_from_text']['docs_per_s']:.0f}",
-                f"{m['ratio_from_text']:.2f}x",
-                "<= 1.2x",
-            ]
-        )
+        for run in r["minhash"]["runs"]:
+            for m in ("numpy", "datasketch"):
+                rows.append(
+                    [
+                        f"minhash {run['features']}: {m}, {run['corpus']} (num_perm {r['minhash']['num_perm']})",
+                        run["docs"],
+                        f"{run[m]['docs_per_s']:.0f} ({run[m]['docs_per_cpu_s']:.0f}/cpu-s)",
+                        f"{run['ratio']:.1f}x numpy" if m == "datasketch" else "",
+                        ">= 50k/core short" if m == "numpy" and run["corpus"].startswith("short") else "",
+                    ]
+                )
     if rows:
         out.append(
-            f"Throughput, one process = per core (best of {r['repeats']}; ratio = bare docs/s / ours docs/s)"
+            f"Throughput, one process = per core (best of {r['repeats']}; ratio = bare docs/s / ours docs/s; minhash: numpy docs/s / datasketch docs/s)"
         )
         out.append(table(["measurement", "docs", "docs/s", "ratio", "goal"], rows))
     if "clean" in r:

@@ -1,6 +1,6 @@
 """`lineage`: the common cases around `dvc repro` — run a pipeline (one Prefect server and one MLflow
 parent run for the whole execution), see where it stands (status, exp, report), open the dashboards
-(ui: MLflow and Prefect), share its artifacts (push), and sample from a trained model."""
+(ui: MLflow and Prefect), share its artifacts (push), and sample from or chat with a trained model."""
 
 from __future__ import annotations
 
@@ -367,6 +367,118 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def fit_context(chat: Any, history: list[dict[str, str]], budget: int) -> tuple[list[int], int]:
+    """The conversation as a prompt of at most ``budget`` tokens: the oldest turns go first, and a last
+    turn longer than the window keeps its end (the model then sees the end of the question). Returns
+    the ids and how many earlier turns were left out."""
+    for dropped in range(len(history)):
+        ids = chat.encode_prompt(history[dropped:])
+        if len(ids) <= budget:
+            return ids, dropped
+    return chat.encode_prompt(history[-1:])[-budget:], len(history) - 1
+
+
+def stream_reply(
+    model: Any, ids: list[int], max_new_tokens: int, *, temperature: float, top_k: int | None,
+    top_p: float | None, generator: Any, stop: set[int],
+) -> Any:  # fmt: skip
+    """Yield the reply's ids one at a time as they are sampled (the KV cache keeps each step to one
+    position), until a ``stop`` id, ``max_new_tokens`` or the end of the context window."""
+    import torch
+    import torch.nn.functional as F
+
+    from pipeline.model.gpt import KVCache, filter_logits
+
+    block = model.config.block_size
+    cache = KVCache(model.config.n_layer, block)
+    x = torch.tensor([ids], dtype=torch.long)
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            if cache.length + x.size(1) > block:
+                return
+            logits = model(x, cache=cache)[0][:, -1, :]
+            if temperature == 0:
+                nxt = int(logits.argmax(-1))
+            else:
+                probs = F.softmax(filter_logits(logits / temperature, top_k, top_p), dim=-1)
+                nxt = int(torch.multinomial(probs, 1, generator=generator))
+            if nxt in stop:
+                return
+            yield nxt
+            x = torch.tensor([[nxt]], dtype=torch.long)
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    """A conversation with a stage's model in the chat template (pipeline/feedback/chat.py): each line
+    is a user turn, the reply streams as it is sampled, the history is kept and cropped to the context
+    window (oldest turns first). Ctrl-D (end of input) ends it."""
+    import torch
+
+    from pipeline.feedback.chat import ChatTokens
+    from pipeline.model.export import load_model
+    from pipeline.tokenizer import load_tokenizer
+
+    root = Path.cwd()
+    model_dir = root / "data" / args.stage / "model"
+    if not (model_dir / "config.json").is_file():
+        raise LineageError(f"{model_dir}: no model; run `dvc repro {args.stage}` first")
+    tok_file = Path(args.tokenizer) if args.tokenizer else root / "data" / "tokenize" / "tokenizer.json"
+    if not tok_file.is_file():
+        raise LineageError(f"{tok_file}: tokenizer not found; run `dvc repro tokenize` first")
+    chat = ChatTokens(load_tokenizer(tok_file), str(tok_file))
+    model = load_model(model_dir).eval()
+    if chat.tok.get_vocab_size() != model.config.vocab_size:
+        raise LineageError(
+            f"{model_dir}: the model has {model.config.vocab_size} ids, the tokenizer {tok_file} "
+            f"{chat.tok.get_vocab_size()}: give the tokenizer it was trained with (--tokenizer)"
+        )
+    max_new = min(args.max_new_tokens, model.config.block_size - 1)
+    budget = model.config.block_size - max_new
+    stop = {chat.end} | {i for i in [chat.tok.token_to_id("<|endoftext|>")] if i is not None}
+    generator = torch.Generator().manual_seed(args.seed)
+    tty = sys.stdin.isatty()
+    if tty:
+        print(f"lineage: chatting with {model_dir.relative_to(root)} ({model.num_params():,} parameters, "
+              f"{model.config.block_size}-token window); Ctrl-D ends", file=sys.stderr)  # fmt: skip
+    history: list[dict[str, str]] = []
+    try:
+        while True:
+            if tty:
+                try:
+                    line = input("you> ")
+                except EOFError:
+                    print(file=sys.stderr)
+                    break
+            else:
+                line = sys.stdin.readline()
+                if not line:
+                    break
+            if not line.strip():
+                continue
+            history.append({"role": "user", "content": line.strip()})
+            ids, dropped = fit_context(chat, history, budget)
+            if args.verbose:
+                print(
+                    f"lineage: context {len(ids)} tokens, {dropped} earlier turns left out", file=sys.stderr
+                )
+            print("assistant> ", end="", flush=True)
+            reply: list[int] = []
+            shown = ""
+            for tok_id in stream_reply(model, ids, max_new, temperature=args.temperature, top_k=args.top_k,
+                                       top_p=args.top_p, generator=generator, stop=stop):  # fmt: skip
+                reply.append(tok_id)
+                text = chat.tok.decode(reply, skip_special_tokens=False).rstrip("\ufffd")  # half a character
+                print(text[len(shown) :], end="", flush=True)
+                shown = text
+            text = chat.tok.decode(reply, skip_special_tokens=False)
+            print(text[len(shown) :], flush=True)
+            history.append({"role": "assistant", "content": text})
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    return 0
+
+
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
     """Shows an option's default after its help, unless the help already says it or there is none."""
 
@@ -480,6 +592,24 @@ def main(argv: list[str] | None = None) -> int:
     sm.add_argument("--top-p", type=float, default=None, help="nucleus sampling: smallest set with this mass")
     sm.add_argument("--seed", type=int, default=0, help="random seed of the sampler")
     sm.set_defaults(fn=cmd_sample)
+    ch = sub.add_parser(
+        "chat",
+        help="talk to a stage's model in the chat template, replies streamed; Ctrl-D ends",
+        description=cmd_chat.__doc__,
+        formatter_class=fmt,
+    )
+    ch.add_argument("--stage", default="ppo", choices=["ppo", "sft", "pretrain"],
+                    help="whose data/<stage>/model answers")  # fmt: skip
+    ch.add_argument("--tokenizer", help="tokenizer.json (default: data/tokenize/tokenizer.json)")
+    ch.add_argument("--max-new-tokens", type=int, default=64, help="longest reply in tokens")
+    ch.add_argument("--temperature", type=float, default=0.7, help="softmax temperature (0: greedy)")
+    ch.add_argument("--top-k", type=int, default=50, help="sample from the k most likely tokens only")
+    ch.add_argument("--top-p", type=float, default=None, help="nucleus sampling: smallest set with this mass")
+    ch.add_argument("--seed", type=int, default=0, help="random seed of the sampler")
+    ch.add_argument(
+        "--verbose", "-v", action="store_true", help="say on stderr how much history fits the window"
+    )
+    ch.set_defaults(fn=cmd_chat)
     ui = sub.add_parser(
         "ui",
         help="MLflow's UI on the store of params.yaml and Prefect's UI on .prefect/, on loopback",

@@ -17,7 +17,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import LineageError
 from pipeline.eval.config import EvaluateConfig, FinetuneConfig
-from pipeline.feedback.config import ComparisonsConfig, InstructionsConfig, RewardConfig, SftConfig
+from pipeline.feedback.config import ComparisonsConfig, InstructionsConfig, PpoConfig, RewardConfig, SftConfig
 from pipeline.section import NAME_RE, Section
 
 
@@ -45,7 +45,10 @@ class CrawlOptions(Section):
 
     max_pages: int = Field(200, ge=1)
     max_depth: int = Field(10, ge=0)
-    max_bytes: int = Field(2_000_000, ge=1024)  # bytes per page; larger pages are cut off and skipped
+    max_bytes: int = Field(2_000_000, ge=1024)  # decoded bytes per page
+    # a page past max_bytes: skip it (fetch error `too_large`) or keep its first max_bytes (counted
+    # as `truncated` in the fetch log and the crawl metrics)
+    oversize: Literal["skip", "truncate"] = "skip"
     timeout_s: float = Field(10.0, gt=0)
     max_redirects: int = Field(5, ge=0)
     retries: int = Field(2, ge=0)
@@ -86,9 +89,13 @@ class HttpSource(SourceBase, CrawlOptions):
 
 
 class PydocSource(SourceBase, CrawlOptions):
-    """The embedded offline web: this Python's own `pydoc` server, started on a loopback port."""
+    """The embedded offline web, on one loopback port: this Python's own `pydoc` server (API pages)
+    and, with `prose_pages`, project pages rendered from the READMEs of installed distributions on
+    the web side of `crawl.dist_split` (prose pages), linked from the API pages and from each other."""
 
     kind: Literal["pydoc"]
+    prose_pages: bool = True
+    prose_min_chars: int = Field(600, ge=0)  # shorter READMEs get no page
     # modules whose import acts (opens a browser, prints, starts a GUI) or that `pydoc` cannot render
     exclude_modules: list[str] = [
         "antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo", "__main__", "pydoc",
@@ -144,7 +151,16 @@ Source = Annotated[
 ]
 
 
+class DistSplit(Section):
+    """Installed distributions are dealt by a seeded hash of their name: `web_share` of them become
+    the embedded web's prose pages, the rest feed the `distributions` reference source; never both."""
+
+    web_share: float = Field(0.5, ge=0, le=1)
+    seed: int = 0
+
+
 class CrawlConfig(Section):
+    dist_split: DistSplit = DistSplit()
     sources: dict[str, Source] = Field(min_length=1)
 
     @field_validator("sources")
@@ -161,7 +177,12 @@ class CleanConfig(Section):
     """Gopher (Rae et al. 2021, App. A) thresholds by default; a document failing any is dropped."""
 
     extractor: Literal["trafilatura", "fallback"] = "trafilatura"
+    # trafilatura's trade-off (favor_recall / neither / favor_precision); bench/extraction.py: precision
+    # scores the best word F1 on real article pages
+    focus: Literal["recall", "balanced", "precision"] = "precision"
+    include_tables: bool = True
     fallback: bool = True  # plain lxml text when trafilatura rejects a page
+    dropped_samples: int = Field(5, ge=0)  # dropped documents kept per reason in dropped_samples.json
     normalization: Literal["NFC", "NFKC"] = "NFKC"
     min_words: int = Field(50, ge=0)
     max_words: int = Field(100_000, ge=1)
@@ -197,6 +218,9 @@ class QualityConfig(Section):
     positives: list[str] = Field(min_length=1)  # reference sources (the 'good' class)
     negatives: list[str] = Field(min_length=1)  # raw web sources; the filter is applied to these
     n_features: int = Field(2**18, ge=16)
+    # counts: raw term counts per document, as Spark's HashingTF (GPT-3's features): a long document
+    # that reads like the reference gets a confident score; l2: counts scaled to unit length
+    features: Literal["counts", "l2"] = "counts"
     alpha: float = Field(9.0, gt=0)
     C: float = Field(1.0, gt=0)
     class_weight: Literal["balanced", "none"] = "none"  # balanced: class sizes do not shift the scores
@@ -207,12 +231,21 @@ class QualityConfig(Section):
 
 # ---------------------------------------------------------------------------------------------- dedup
 class DedupConfig(Section):
-    ngram: int = Field(5, ge=1)  # word n-gram shingles
+    # MinHash features: word n-grams, GPT-3's (hashed whitespace tokens, as the quality classifier), char n-grams
+    features: Literal["word", "gpt3", "char"] = "word"
+    ngram: int = Field(2, ge=1)  # words per shingle (features: word)
+    char_ngram: int = Field(7, ge=1)  # characters per shingle (features: char)
+    hash_features: int = Field(2**18, ge=16)  # hashing-vectorizer buckets (features: gpt3)
+    minhash: Literal["numpy", "datasketch"] = "numpy"  # signatures: vectorised, or datasketch's MinHash.bulk
+    index: Literal["lsh", "distributed"] = (
+        "lsh"  # datasketch MinHashLSH in-process, or band keys grouped on Dask
+    )
+    partitions: int | None = Field(None, ge=1)  # index: distributed; shuffle partitions (None: one per shard)
     num_perm: int = Field(112, ge=8)
-    bands: int | None = Field(14, ge=1)  # bands x rows = num_perm; None = let datasketch pick for threshold
-    rows: int | None = Field(8, ge=1)
-    threshold: float = Field(0.7, gt=0, lt=1)  # LSH threshold when bands/rows are None
-    min_jaccard: float = Field(0.7, ge=0, le=1)  # candidate pairs are kept only above this estimate
+    bands: int | None = Field(37, ge=1)  # bands x rows <= num_perm; None = let datasketch pick for threshold
+    rows: int | None = Field(3, ge=1)
+    threshold: float = Field(0.45, gt=0, lt=1)  # LSH threshold when bands/rows are None
+    min_jaccard: float = Field(0.45, ge=0, le=1)  # candidate pairs are kept only above this estimate
     priority: list[str] = []  # sources kept first inside a cluster; the rest follow in name order
     eval_files: list[str] = []  # evaluation sets for 13-gram decontamination (.txt .jsonl .parquet)
     eval_text_fields: list[str] = ["text", "question", "context", "goal", "sentence", "premise", "hypothesis"]
@@ -346,6 +379,7 @@ class Params(Section):
     sft: SftConfig = SftConfig()
     comparisons: ComparisonsConfig = ComparisonsConfig()
     reward: RewardConfig = RewardConfig()
+    ppo: PpoConfig = PpoConfig()
 
     @model_validator(mode="before")
     @classmethod

@@ -74,6 +74,9 @@ class StageReport:
     title: str
     rows: tuple[Row, ...] = ()
     plots: tuple[Plot, ...] = ()
+    # a JSON under data/<stage>/ of dropped documents per rule ({rule: {documents, threshold,
+    # samples: [{source, url, value, threshold, text}]}}), shown as one table of examples
+    samples: str = ""
 
 
 REPORT: dict[str, StageReport] = {
@@ -84,6 +87,8 @@ REPORT: dict[str, StageReport] = {
             Row("documents out", "docs_out", fmt="int"),
             Row("bytes out", "bytes_out", fmt="bytes"),
             Row("documents from {}", "sources/*/docs", fmt="int"),
+            Row("{}: {} pages", "sources/*/page_kinds/*", fmt="int"),
+            Row("pages truncated at max_bytes", "pages_truncated", fmt="int"),
         ),
     ),
     "clean": StageReport(
@@ -93,7 +98,9 @@ REPORT: dict[str, StageReport] = {
             Row("keep rate", "keep_rate", fmt="pct"),
             Row("{} in / out", "sources/*/in", "sources/*/out", fmt="int"),
             Row("dropped by {}", "drops/*", fmt="int"),
+            Row("{} pages in / out", "page_kinds/*/in", "page_kinds/*/out", fmt="int"),
         ),
+        samples="dropped_samples.json",
     ),
     "quality": StageReport(
         "quality: classifier and Pareto keep rule",
@@ -104,6 +111,8 @@ REPORT: dict[str, StageReport] = {
             Row("web keep rate", "web_keep_rate", fmt="pct"),
             Row("{} keep rate", "sources/*/keep_rate", fmt="pct"),
             Row("{} mean score", "sources/*/mean_score"),
+            Row("web {} pages: in / kept", "page_kinds/*/docs", "page_kinds/*/kept", fmt="int"),
+            Row("web {} pages: keep rate", "page_kinds/*/keep_rate", fmt="pct"),
         ),
         (
             Plot(
@@ -278,12 +287,107 @@ REPORT: dict[str, StageReport] = {
         (Plot("reward_val.png", "lines", ("plots/val.csv",), y=("pair_acc", "top1"), title="RM validation"),),
     ),
     "ppo": StageReport(
-        "ppo (InstructGPT): policy optimisation",
+        "ppo (InstructGPT): PPO against the RM, the labeler as gold judge",
         (
-            Row("reward / KL to SFT", "objective/rlhf_reward", "objective/kl"),
-            Row("win rate vs SFT", "win_rate/sft", fmt="pct"),
-            Row("alignment tax (pretraining loss change)", "alignment_tax"),
+            Row("PPO coefficients: KL beta / ptx gamma", "model/kl_coef", "model/ptx_coef"),
+            Row(
+                "last rollout: RLHF reward / RM score / KL to SFT",
+                "train/objective/rlhf_reward",
+                "train/objective/scores",
+                "train/objective/kl",
+            ),
+            Row(
+                "win rate vs SFT, greedy (95% CI)",
+                "eval/greedy/win_rate/ppo_vs_sft/value",
+                "eval/greedy/win_rate/ppo_vs_sft/low",
+                "eval/greedy/win_rate/ppo_vs_sft/high",
+                fmt="pct",
+            ),
+            Row(
+                "win rate vs SFT, sampled (95% CI)",
+                "eval/sampled/win_rate/ppo_vs_sft/value",
+                "eval/sampled/win_rate/ppo_vs_sft/low",
+                "eval/sampled/win_rate/ppo_vs_sft/high",
+                fmt="pct",
+            ),
+            Row(
+                "win rate SFT vs few-shot base (95% CI)",
+                "eval/sft_vs_fewshot/value",
+                "eval/sft_vs_fewshot/low",
+                "eval/sft_vs_fewshot/high",
+                fmt="pct",
+            ),
+            Row("labeler score, PPO / SFT (greedy)", "eval/greedy/ppo/score", "eval/greedy/sft/score"),
+            Row("RM score / KL to SFT, PPO (sampled)", "eval/sampled/ppo/rm_score", "eval/sampled/ppo/kl"),
+            Row(
+                "{} exact match, PPO / SFT",
+                "eval/greedy/ppo/families/*/exact/value",
+                "eval/greedy/sft/families/*/exact/value",
+                fmt="pct",
+            ),
+            Row(
+                "gold score at best step / last step",
+                "overoptimisation/best/gold",
+                "overoptimisation/last/gold",
+            ),
+            Row(
+                "best / last step (validation gold score)",
+                "overoptimisation/best/step",
+                "overoptimisation/last/step",
+                fmt="int",
+            ),
+            Row(
+                "win rate vs SFT of the last weights, greedy (95% CI)",
+                "eval/greedy/win_rate/last_vs_sft/value",
+                "eval/greedy/win_rate/last_vs_sft/low",
+                "eval/greedy/win_rate/last_vs_sft/high",
+                fmt="pct",
+            ),
+            Row(
+                "alignment tax of the last weights: val loss / bits per byte", "tax/last/loss", "tax/last/bpb"
+            ),
+            Row(
+                "alignment tax: val loss, pretrained / SFT / PPO",
+                "tax/pretrain/loss",
+                "tax/sft/loss",
+                "tax/ppo/loss",
+            ),
+            Row(
+                "alignment tax: bits per byte, pretrained / SFT / PPO",
+                "tax/pretrain/bpb",
+                "tax/sft/bpb",
+                "tax/ppo/bpb",
+            ),
+            Row("share of step time generating", "perf/generate_share", fmt="pct"),
         ),
+        (
+            Plot(
+                "ppo_gold_vs_kl.png",
+                "lines",
+                ("plots/val.csv",),
+                x="kl",
+                y=("gold",),
+                title="over-optimisation: the labeler's (gold) score vs KL to SFT, validation prompts",
+                ylabel="gold score (labeler)",
+            ),
+            Plot(
+                "ppo_rm_vs_kl.png",
+                "lines",
+                ("plots/val.csv",),
+                x="kl",
+                y=("rm",),
+                title="the reward model's (proxy) score vs KL to SFT, same samples",
+                ylabel="RM score",
+            ),
+            Plot(
+                "ppo_train.png",
+                "lines",
+                ("plots/train.csv",),
+                y=("rlhf_reward", "scores", "kl"),
+                title="PPO rollouts: RLHF reward, RM score, KL to SFT",
+                ylabel="per episode",
+            ),
+        ),  # fmt: skip
     ),
 }
 
@@ -297,6 +401,7 @@ def report_deps(stages: Sequence[str]) -> list[str]:
         spec = REPORT.get(stage)
         if spec is not None:
             deps += [f"data/{stage}/{c}" for p in spec.plots for c in p.csvs]
+            deps += [f"data/{stage}/{spec.samples}"] if spec.samples else []
     return list(dict.fromkeys(deps))
 
 
@@ -506,11 +611,13 @@ def plot_score_hist(plot: Plot, tables: list[list[dict[str, Any]]], ctx: dict[st
     xs = np.array([r[plot.x] for r in rows])
     width = float(xs[1] - xs[0]) if len(xs) > 1 else 1.0
     negatives = set(ctx.get("params", {}).get("quality", {}).get("negatives", []))
-    for src in [k for k in rows[0] if k != plot.x] if rows else []:
+    columns = [k for k in rows[0] if k not in (plot.x, "keep_probability")] if rows else []
+    split = {c.split(":")[0] for c in columns if ":" in c}  # "source:kind" columns replace the source's
+    for src in [c for c in columns if c not in split]:
         counts = np.array([r[src] for r in rows], dtype=float)
         if counts.sum() == 0:
             continue
-        kind = "web" if src in negatives else "ref"
+        kind = "web" if src.split(":")[0] in negatives else "ref"
         ax.step(xs, counts / counts.sum() / width, where="mid", label=f"{src} ({kind})")
     ax.set_xlabel("quality score P(reference | text)")
     ax.set_ylabel("density")
@@ -518,7 +625,12 @@ def plot_score_hist(plot: Plot, tables: list[list[dict[str, Any]]], ctx: dict[st
     if alpha:
         twin = ax.twinx()
         s = np.linspace(0, 1, 201)
-        twin.plot(s, keep_probability(s, alpha), "k--", lw=1.2, label=f"P(keep | score), alpha={alpha:g}")
+        if rows and "keep_probability" in rows[0]:  # the curve at the alpha the stage ran with
+            s, p = xs, np.array([r["keep_probability"] for r in rows])
+            alpha = float(-np.log(p[0]) / np.log(2.0 - s[0]))  # P = (2 - s)^-alpha
+        else:
+            p = keep_probability(s, alpha)
+        twin.plot(s, p, "k--", lw=1.2, label=f"P(keep | score), alpha={alpha:g}")
         twin.set_ylim(0, 1.02)
         twin.set_ylabel("keep probability")
         twin.legend(fontsize=8, loc="upper center")
@@ -545,6 +657,8 @@ class Report:
     sections: list[tuple[str, str, list[tuple[str, str]]]] = field(default_factory=list)  # stage, title, rows
     figures: list[tuple[str, str]] = field(default_factory=list)  # (png name, title)
     notes: list[str] = field(default_factory=list)
+    # examples of dropped documents: stage, rule, documents dropped, value (threshold), where from, text start
+    dropped: list[tuple[str, str, str, str, str, str]] = field(default_factory=list)
 
 
 def build(
@@ -599,8 +713,28 @@ def build(
             fig.savefig(out / "plots" / plot.name, dpi=110)
             plt.close(fig)
             rep.figures.append((plot.name, f"{stage}: {plot.title}"))
+        if spec.samples and (root / "data" / stage / spec.samples).is_file():
+            rep.dropped += dropped_rows(stage, json.loads((root / "data" / stage / spec.samples).read_text()))
     rep.timings.append(("total", fmt(total_wall, "s"), fmt(total_overhead, "s")))
     return rep
+
+
+def dropped_rows(stage: str, samples: dict[str, Any], per_rule: int = 2) -> list[tuple[str, ...]]:
+    """Up to ``per_rule`` examples of each rule's drops: what the rule measured against its threshold,
+    where the document came from, and how its text starts."""
+    rows = []
+    for rule, entry in samples.items():
+        for s in entry.get("samples", [])[:per_rule]:
+            text = " ".join(str(s.get("text") or "").split())
+            rows.append((
+                stage, rule, fmt(entry.get("documents"), "int"),
+                f"{fmt(s.get('value'), 'g')} ({fmt(s.get('threshold'), 'g')})",
+                str(s.get("url") or s.get("id") or ""), text[:160] + ("..." if len(text) > 160 else ""),
+            ))  # fmt: skip
+    return rows
+
+
+DROPPED_HEADER = ("stage", "rule", "dropped", "value (threshold)", "document", "text")
 
 
 def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -628,6 +762,8 @@ def to_markdown(rep: Report) -> str:
     parts.append("## the run in one table\n\n" + _md_table(["stage", "metric", "value"], rows))
     if rep.figures:
         parts.append("## plots\n\n" + "\n\n".join(f"### {t}\n\n![{n}](plots/{n})" for n, t in rep.figures))
+    if rep.dropped:
+        parts.append("## dropped documents, examples per rule\n\n" + _md_table(DROPPED_HEADER, rep.dropped))
     if rep.notes:
         parts.append("## notes\n\n" + "\n".join(f"- {n}" for n in rep.notes))
     return "\n\n".join(parts) + "\n"
@@ -689,6 +825,15 @@ def to_html(rep: Report, out: Path) -> str:
             f"<figcaption>{e(title)}</figcaption></figure>"
         )
     notes = "".join(f"<li>{e(n)}</li>" for n in rep.notes)
+    dropped = (
+        "<h2>dropped documents, examples per rule</h2><table><tr>"
+        + "".join(f"<th>{e(h)}</th>" for h in DROPPED_HEADER)
+        + "</tr>"
+        + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rep.dropped)
+        + "</table>"
+        if rep.dropped
+        else ""
+    )
     return (
         "<!doctype html><html><head><meta charset=utf-8><title>gpt-lineage report</title>"
         f"<style>{CSS}</style></head><body><h1>gpt-lineage report card</h1>"
@@ -696,7 +841,7 @@ def to_html(rep: Report, out: Path) -> str:
         f"<div class=cols>{cols}</div><h2>changed params (vs the last commit)</h2>{changed}"
         f"<h2>wall time per stage</h2>{timings}<h2>the run in one table</h2>"
         f"<table><tr><th>metric</th><th>value</th></tr>{''.join(body)}</table>"
-        f"<h2>plots</h2><div class=grid>{''.join(figures)}</div>"
+        f"<h2>plots</h2><div class=grid>{''.join(figures)}</div>{dropped}"
         + (f"<h2>notes</h2><ul>{notes}</ul>" if notes else "")
         + "</body></html>\n"
     )

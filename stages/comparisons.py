@@ -1,10 +1,12 @@
 """comparisons: for every prompt of the RM split, K responses sampled from the SFT model (K drawn in
 [k_min, k_max] per prompt, as InstructGPT showed its labelers 4 to 9), ranked by the simulated
 labeler with pairwise noise; or, with ``comparisons.source: data``, the real rankings the
-instructions stage read.
+instructions stage read. InstructGPT's K responses came from several models; here a prompt's
+responses are sampled at a mix of temperatures (``temperatures``), so that they differ in quality
+and fewer prompts have all K responses tied.
 
-Writes ``comparisons.jsonl``: per prompt ``messages``, ``responses``, ``ranks`` (0 = best, ties
-equal: what the reward model learns from) and, for analysis only, the labeler's ``scores``, the
+Writes ``comparisons.jsonl``: per prompt ``messages``, ``responses``, their ``temperatures``, ``ranks``
+(0 = best, ties equal: what the reward model learns from) and, for analysis only, the labeler's ``scores``, the
 noise-free ``gold_ranks`` and a second labeler's ``other_ranks``. Samples are generated in parts
 saved under checkpoints/comparisons/<key>/, so a killed run resumes with the next part, and a run
 with another ``noise`` ranks the same samples again without generating them.
@@ -70,6 +72,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
         raise LineageError("data/instructions/rm.jsonl: no prompts; raise instructions.sizes.rm")
     draw = random.Random(f"{seed}/k")
     ks = [draw.randint(cfg.k_min, cfg.k_max) for _ in prompts]
+    temps = temperatures(cfg.temperatures or [cfg.temperature], ks, random.Random(f"{seed}/temperature"))
 
     # the samples do not depend on the labeler: another noise reuses them
     settings = cfg.model_dump(mode="json", exclude={"noise", "device"})
@@ -83,25 +86,30 @@ def body(ctx: StageContext) -> dict[str, Any]:
         if part.is_file():
             rows += read_jsonl(part)
             continue
-        chunk, chunk_k = prompts[p0 : p0 + PART], ks[p0 : p0 + PART]
+        chunk, chunk_k, chunk_t = prompts[p0 : p0 + PART], ks[p0 : p0 + PART], temps[p0 : p0 + PART]
         flat = [
             chat.encode_prompt(ex["messages"]) for ex, k in zip(chunk, chunk_k, strict=True) for _ in range(k)
         ]
-        outs = generate(
-            model, flat, cfg.max_new_tokens, eos=chat.end, temperature=cfg.temperature, top_k=cfg.top_k,
-            top_p=cfg.top_p, batch_size=cfg.batch_size, seed=seed + p0, device=device,
-        )  # fmt: skip
-        texts = [chat.decode_response(o) for o in outs]
+        flat_t = [t for ts in chunk_t for t in ts]
+        texts = [""] * len(flat)
+        for n, t in enumerate(sorted(set(flat_t))):  # one generation pass per temperature
+            at = [i for i, ft in enumerate(flat_t) if ft == t]
+            outs = generate(
+                model, [flat[i] for i in at], cfg.max_new_tokens, eos=chat.end, temperature=t, top_k=cfg.top_k,
+                top_p=cfg.top_p, batch_size=cfg.batch_size, seed=seed + p0 + 1_000_003 * n, device=device,
+            )  # fmt: skip
+            for i, o in zip(at, outs, strict=True):
+                texts[i] = chat.decode_response(o)
         part_rows = []
-        for ex, k in zip(chunk, chunk_k, strict=True):
+        for ex, k, ts in zip(chunk, chunk_k, chunk_t, strict=True):
             responses, texts = texts[:k], texts[k:]
             part_rows.append({"id": ex["id"], "family": ex["family"], "messages": ex["messages"],
-                              "responses": responses, "scores": [judge(ex, r).score for r in responses]})  # fmt: skip
+                              "responses": responses, "temperatures": ts,
+                              "scores": [judge(ex, r).score for r in responses]})  # fmt: skip
         write_jsonl(part, part_rows)
         rows += part_rows
-    for (
-        r
-    ) in rows:  # the labeler ranks; a second, independent one shows how often two agree (InstructGPT: ~73%)
+    # the labeler ranks; a second, independent one shows how often two agree (InstructGPT: ~73%)
+    for r in rows:
         r["ranks"] = rank(r["scores"], cfg.noise, random.Random(f"{seed}/labeler/{r['id']}"))
         r["gold_ranks"] = rank(r["scores"])
         r["other_ranks"] = rank(r["scores"], cfg.noise, random.Random(f"{seed}/labeler-2/{r['id']}"))
@@ -116,8 +124,11 @@ def body(ctx: StageContext) -> dict[str, Any]:
     judged = [judge(ex, resp) for ex, r in zip(prompts, rows, strict=True) for resp in r["responses"]]
     n_resp = len(judged)
     family_score: dict[str, list[float]] = {}
+    temp_score: dict[str, list[float]] = {}
     for r in rows:
         family_score.setdefault(r["family"], []).extend(r["scores"])
+        for t, sc in zip(r["temperatures"], r["scores"], strict=True):
+            temp_score.setdefault(f"{t:g}", []).append(sc)
     return {
         "prompts": len(rows),
         "responses": n_resp,
@@ -130,6 +141,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
             / n_resp,
             "distinct": sum(len(set(r["responses"])) / len(r["responses"]) for r in rows) / len(rows),
             "families": {f: sum(v) / len(v) for f, v in sorted(family_score.items())},
+            "temperatures": {t: sum(v) / len(v) for t, v in sorted(temp_score.items())},
         },
         "labeler": {
             "noise": cfg.noise,
@@ -140,6 +152,16 @@ def body(ctx: StageContext) -> dict[str, Any]:
         },
         "source": "labeler",
     }
+
+
+def temperatures(mix: list[float], ks: list[int], rng: random.Random) -> list[list[float]]:
+    """The sampling temperature of each of a prompt's K responses: the mix in turn, from a random
+    start, so every prompt sees as even a mix as its K allows."""
+    out = []
+    for k in ks:
+        first = rng.randrange(len(mix))
+        out.append([mix[(first + j) % len(mix)] for j in range(k)])
+    return out
 
 
 if __name__ == "__main__":

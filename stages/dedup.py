@@ -1,10 +1,15 @@
 """dedup: exact + MinHash LSH near-duplicate removal within and across sources, then 13-gram
-decontamination against the evaluation sets named in params."""
+decontamination against the evaluation sets named in params.
+
+Signatures are mapped over shards; the LSH index is datasketch's MinHashLSH in this process
+(``dedup.index: lsh``) or band keys shuffled and grouped on a Dask cluster (``distributed``: the
+one at ``common.dask_address``, else a local one of ``common.workers`` processes)."""
 
 from __future__ import annotations
 
 import shutil
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -24,6 +29,7 @@ from pipeline.text.dedup import (
     near_duplicate_clusters,
     read_eval_texts,
 )
+from pipeline.text.minhash_dask import dask_client, distributed_clusters
 from pipeline.text.quality import SCORED_SCHEMA
 
 CLUSTER_SCHEMA = pa.schema(
@@ -56,6 +62,7 @@ def signature_shard(
         "lengths": [len(t) for t in texts],
         "keys": [exact_key(t) for t in texts],
         "sig": str(sig_path),
+        "count": len(rows),
         "eval_df": dict(contaminated),
     }
 
@@ -102,7 +109,9 @@ def body(ctx: StageContext) -> dict[str, Any]:
     eval_grams = eval_ngram_set(eval_texts, cfg.decontam_ngram)
     work = ctx.out / "_signatures"
     work.mkdir()
+    t0 = time.perf_counter()
     parts = ctx.orch.map(signature_shard, shards, str(work), cfg, eval_grams, seed, name="minhash_shard")
+    signatures_s = time.perf_counter() - t0
 
     ids = [i for p in parts for i in p["ids"]]
     sources = [s for p in parts for s in p["sources"]]
@@ -135,22 +144,33 @@ def body(ctx: StageContext) -> dict[str, Any]:
             )
             exact_removed.update(members[1:])
 
-    survivors = [i for i in range(len(ids)) if i not in exact_removed]
-    sigs = (
-        np.concatenate([np.load(p["sig"]) for p in parts])
-        if parts
-        else np.zeros((0, cfg.num_perm), np.uint64)
-    )
-    near = near_duplicate_clusters(sigs[survivors], [order[i] for i in survivors], cfg, seed)
-    for c in near:
-        clusters.append(
-            {
-                "kind": "near",
-                "kept": survivors[c["kept"]],
-                "removed": [survivors[r] for r in c["removed"]],
-                "jaccard": c["jaccard"],
-            }
+    t0 = time.perf_counter()
+    if cfg.index == "distributed":
+        alive = np.ones(len(ids), bool)
+        alive[sorted(exact_removed)] = False
+        with dask_client(ctx.params.common) as client:
+            near = distributed_clusters(
+                [p["sig"] for p in parts],
+                [p["count"] for p in parts],
+                alive,
+                order,
+                cfg,
+                client,
+                cfg.partitions,
+            )
+    else:
+        survivors = [i for i in range(len(ids)) if i not in exact_removed]
+        sigs = (
+            np.concatenate([np.load(p["sig"]) for p in parts])
+            if parts
+            else np.zeros((0, cfg.num_perm), np.uint32)
         )
+        near = [
+            {**c, "kept": survivors[c["kept"]], "removed": [survivors[r] for r in c["removed"]]}
+            for c in near_duplicate_clusters(sigs[survivors], [order[i] for i in survivors], cfg, seed)
+        ]
+    near_dup_s = time.perf_counter() - t0
+    clusters.extend({**c, "kind": "near"} for c in near)
     shutil.rmtree(work)
     near_removed = {r for c in clusters if c["kind"] == "near" for r in c["removed"]}
     removed_ids = {ids[i] for i in exact_removed | near_removed}
@@ -185,6 +205,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
     removed_sources = Counter(sources[i] for i in exact_removed | near_removed)
     n_in = len(ids)
     return {
+        "perf": {"signatures_s": round(signatures_s, 3), "near_duplicates_s": round(near_dup_s, 3)},
         "docs_in": n_in,
         "docs_out": sum(out_sources.values()),
         "exact_duplicates": len(exact_removed),

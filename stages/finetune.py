@@ -50,8 +50,10 @@ def build_tasks(ctx: StageContext, cfg: FinetuneConfig, seed: int) -> list[Task]
         if spec.kind in EMBEDDED_TASKS:
             if docs is None:
                 docs = read_docs(ctx.input("mix", "val"))
-            task = embedded_task(spec.kind, name, docs, cfg.passage_words, cfg.test_fraction, (cfg.max_train, cfg.max_test),
-                                 cfg.choices, seed)  # fmt: skip
+            caps = (spec.max_train or cfg.max_train, spec.max_test or cfg.max_test)  # the task's own, if set
+            task = embedded_task(
+                spec.kind, name, docs, cfg.passage_words, cfg.test_fraction, caps, cfg.choices, seed
+            )
             task.validate(f"finetune.tasks.{name} (from data/mix/val)")
         else:
             task = load_task(name, spec, ctx.root, seed, ctx.params.common.offline)

@@ -13,7 +13,13 @@ from pipeline.stage import StageContext, main, make_dirs
 from pipeline.text.quality import save_classifier, score_shard, train_classifier
 
 
-def histogram_figure(scores: dict[str, list[float]], bins: int, negatives: list[str]) -> Any:
+def keep_probability(score: np.ndarray, alpha: float) -> np.ndarray:
+    """P(keep | score) of the Pareto rule: numpy's Pareto is Lomax, P(X > x) = (1 + x)^-alpha."""
+    return (2.0 - score) ** -alpha
+
+
+def histogram_figure(scores: dict[str, list[float]], bins: int, negatives: list[str], alpha: float) -> Any:
+    """Score density per source (a source with page kinds: per kind), under the keep curve at alpha."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -21,17 +27,27 @@ def histogram_figure(scores: dict[str, list[float]], bins: int, negatives: list[
 
     fig, ax = plt.subplots(figsize=(7, 4))
     edges = np.linspace(0, 1, bins + 1)
+    split = {k.split(":")[0] for k in scores if ":" in k}
     for src, vals in sorted(scores.items()):
+        if src in split:
+            continue  # drawn per page kind
+        base = src.split(":")[0]
         ax.hist(
             vals,
             bins=edges,
             histtype="step",
             density=True,
-            label=f"{src} ({'web' if src in negatives else 'ref'})",
+            label=f"{src} ({'web' if base in negatives else 'ref'})",
         )
     ax.set_xlabel("quality score P(reference | text)")
     ax.set_ylabel("density")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left")
+    twin = ax.twinx()
+    s = np.linspace(0, 1, 201)
+    twin.plot(s, keep_probability(s, alpha), "k--", lw=1.2, label=f"P(keep | score), alpha={alpha:g}")
+    twin.set_ylim(0, 1.02)
+    twin.set_ylabel("keep probability")
+    twin.legend(fontsize=8, loc="upper center")
     fig.tight_layout()
     return fig
 
@@ -93,10 +109,14 @@ def body(ctx: StageContext) -> dict[str, Any]:
     fpr, tpr, _ = roc_curve(y_te, s_te)
     edges = np.linspace(0, 1, cfg.histogram_bins + 1)
     counts = {src: np.histogram(vals, bins=edges)[0] for src, vals in sorted(scores.items())}
+    # documents per score bin for each source and, for a source with page kinds, each "source:kind";
+    # keep_probability is the Pareto rule's P(keep | score) at this run's alpha, for the curve over it
+    centers = (edges[:-1] + edges[1:]) / 2
     hist_rows = [
         {
-            "score": round(float((edges[i] + edges[i + 1]) / 2), 4),
+            "score": round(float(centers[i]), 4),
             **{src: int(c[i]) for src, c in counts.items()},
+            "keep_probability": round(float(keep_probability(centers[i], cfg.alpha)), 6),
         }
         for i in range(cfg.histogram_bins)
     ]
@@ -105,31 +125,41 @@ def body(ctx: StageContext) -> dict[str, Any]:
         ctx.out / "plots" / "roc.csv",
         [{"fpr": float(a), "tpr": float(b)} for a, b in zip(fpr, tpr, strict=True)],
     )
-    fig = histogram_figure(scores, cfg.histogram_bins, cfg.negatives)
+    fig = histogram_figure(scores, cfg.histogram_bins, cfg.negatives, cfg.alpha)
     fig.savefig(ctx.out / "score_histogram.png", dpi=100)
     ctx.tracker.log_figure(fig, "score_histogram.png")
 
     web_total = sum(total.get(s, 0) for s in cfg.negatives)
     web_kept = sum(kept.get(s, 0) for s in cfg.negatives)
-    if sum(kept.values()) == 0:
+    sources = sorted(k for k in total if ":" not in k)  # "source:kind" keys count documents again
+    by_kind: dict[str, list[str]] = {}
+    for key in total:
+        src, _, kind = key.partition(":")
+        if kind and src in cfg.negatives:
+            by_kind.setdefault(kind, []).append(key)
+    docs_in, docs_out = sum(total[s] for s in sources), sum(kept[s] for s in sources)
+    if docs_out == 0:
         raise LineageError(
-            f"quality: no document left of {sum(total.values())}; lower quality.alpha to keep more web text"
+            f"quality: no document left of {docs_in}; lower quality.alpha to keep more web text"
         )
     return {
         "classifier": held_out,
-        "docs_in": sum(total.values()),
-        "docs_out": sum(kept.values()),
+        "docs_in": docs_in,
+        "docs_out": docs_out,
         "web_keep_rate": web_kept / web_total if web_total else 1.0,
-        "sources": {
-            s: {
-                "docs": total[s],
-                "kept": kept[s],
-                "keep_rate": kept[s] / total[s],
-                "mean_score": float(np.mean(scores[s])),
-            }
-            for s in sorted(total)
+        "sources": {s: _keep_stats(kept[s], total[s], scores[s]) for s in sources},
+        # the filtered (web) documents by page kind, where their source tags it (embedded web: api / prose)
+        "page_kinds": {
+            kind: _keep_stats(sum(kept[k] for k in keys), sum(total[k] for k in keys),
+                              [v for k in keys for v in scores[k]])
+            for kind, keys in sorted(by_kind.items())
         },
-    }
+    }  # fmt: skip
+
+
+def _keep_stats(kept: int, total: int, scores: list[float]) -> dict[str, Any]:
+    return {"docs": total, "kept": kept, "keep_rate": kept / total if total else 0.0,
+            "mean_score": float(np.mean(scores)) if scores else float("nan")}  # fmt: skip
 
 
 if __name__ == "__main__":

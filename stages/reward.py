@@ -5,7 +5,8 @@ batch element is one prompt with all K of its responses: the loss averages
 ``-log sigmoid(r_better - r_worse)`` over the prompt's C(K, 2) ordered pairs (Ouyang et al. 2022,
 eq. 1), in the one supervised loop. A held-out share of the prompts measures pairwise accuracy
 and top-1-of-K agreement, against the (noisy) labeler that trained it and against the noise-free
-gold ranking. Afterwards a bias shift makes the SFT demonstrations score 0 on average.
+gold ranking; beside them the ceiling (the gold ranking's own accuracy against the noisy labels) and
+the accuracy on pairs of two responses sampled at the same temperature. Afterwards a bias shift makes the SFT demonstrations score 0 on average.
 
 Writes ``model/`` (body + ``reward_head.safetensors`` + ``reward.json``, which records the
 tokenizer: the model refuses to load with another) and ``plots/``. Resumable.
@@ -25,7 +26,7 @@ from pipeline.stage import StageContext, main
 HEADLINE = [
     "rm_val_acc=val/pair_acc", "rm_val_gold_acc=val/gold_pair_acc", "rm_val_top1=val/top1",
     "rm_val_gold_top1=val/gold_top1", "rm_train_acc=train/pair_acc", "rm_bias_shift=bias_shift",
-    "rm_val_pairs=val/pairs",
+    "rm_val_pairs=val/pairs", "rm_val_ceiling=val/ceiling_pair_acc",
 ]  # fmt: skip
 NOT_IN_RUN_KEY = {"eval_interval", "checkpoint_interval", "resume", "device", "bias_samples"}
 
@@ -89,6 +90,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
             f"({len(train_groups)} to train, {len(val_groups)} to validate); raise instructions.sizes.rm"
         )
 
+    torch.manual_seed(seed)  # the head's initialisation: torch's own default seed differs per process
     model = RewardModel(sft)
     settings = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in NOT_IN_RUN_KEY}
     h = hashlib.sha256(json.dumps({"cfg": settings, "seed": seed}, sort_keys=True).encode())
@@ -126,6 +128,17 @@ def body(ctx: StageContext) -> dict[str, Any]:
     gold = ranking_metrics(
         [val_rewards[i] for i, r in enumerate(val_rows) if "gold_ranks" in r], [r["gold_ranks"] for r in gold_rows]
     ) if gold_rows else {}  # fmt: skip
+    # the ceiling: the noise-free ranking itself, scored against the same noisy labels
+    ceiling = ranking_metrics([[-k for k in r["gold_ranks"]] for r in gold_rows],
+                              [r["ranks"] for r in gold_rows]) if gold_rows else {}  # fmt: skip
+    # pairs of two responses sampled at the same temperature: no help from how a policy writes
+    same_agree = same_pairs = 0.0
+    for r, rw in zip(val_rows, val_rewards, strict=True):
+        temps = r.get("temperatures") or [0.0] * len(rw)
+        for t in set(temps):
+            at = [i for i, ti in enumerate(temps) if ti == t]
+            m = ranking_metrics([[rw[i] for i in at]], [[r["ranks"][i] for i in at]])
+            same_agree, same_pairs = same_agree + m["pair_acc"] * m["pairs"], same_pairs + m["pairs"]
     train_eval = ranking_metrics(score_groups(model, train_groups[:512], cfg.batch_size, device),
                                  [g["ranks"] for g in train_groups[:512]])  # fmt: skip
     by_family: dict[str, list[float]] = {}
@@ -148,6 +161,9 @@ def body(ctx: StageContext) -> dict[str, Any]:
                   "pair_acc": train_eval["pair_acc"]},
         "val": {"pair_acc": noisy["pair_acc"], "top1": noisy["top1"], "pairs": noisy["pairs"],
                 "gold_pair_acc": gold.get("pair_acc", float("nan")), "gold_top1": gold.get("top1", float("nan")),
+                "ceiling_pair_acc": ceiling.get("pair_acc", float("nan")),
+                "same_temperature_pair_acc": same_agree / same_pairs if same_pairs else float("nan"),
+                "same_temperature_pairs": same_pairs,
                 "families": {f: sum(v) / len(v) for f, v in sorted(by_family.items())}},
         "bias_shift": shift,
         # after the shift: SFT demonstrations average 0; the labeler's best and worst responses beside them

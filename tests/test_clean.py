@@ -107,3 +107,61 @@ def test_clean_doc_records_reason_and_extractor():
     assert reason is None and doc["extractor"] == "trafilatura" and doc["words"] > 50
     doc, reason = clean_doc({**raw, "text": "tiny page", "content_type": "text/plain"}, CFG)
     assert reason == "min_words" and doc["extractor"] == "plain"
+
+
+MIN_RULES = {"min_words", "min_mean_word_length", "alpha_words", "stop_words", "language"}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "the river and the mountain with a view",
+        " ".join(f"#tag{i} the word" for i in range(40)),
+        " ".join(["river mountain garden window valley"] * 20),
+        prose(random.Random(2), 80) + " " + " ".join(["buy the cheap shoes"] * 40),
+    ],
+)
+def test_a_drop_carries_the_measured_value_and_the_threshold_it_crossed(text: str):
+    import pickle
+
+    drop = drop_reason(text, CFG)
+    assert drop is not None and drop.value is not None and drop.threshold is not None
+    assert drop.value < drop.threshold if drop in MIN_RULES else drop.value > drop.threshold
+    again = pickle.loads(pickle.dumps(drop))  # process-based task runners ship it between workers
+    assert (again, again.value, again.threshold) == (drop, drop.value, drop.threshold)
+
+
+def test_clean_stage_writes_dropped_samples_per_reason(project):
+    import json
+
+    from pipeline.config import parse_params
+    from pipeline.io import read_rows
+    from pipeline.stage import run_stage
+    from stages import clean, crawl
+    from tests.conftest import files_params
+
+    root, _ = project
+    rng = random.Random(5)
+    with (root / "corpus" / "web" / "pages.jsonl").open("a") as fh:
+        for i in range(6):  # short pages (min_words) and repeated lines (dup_line_frac)
+            fh.write(json.dumps({"text": f"Buy now {i}. Cheap shoes for the river."}) + "\n")
+            fh.write(
+                json.dumps({"text": "\n".join(["Home | Shop | Cart of the day"] * 12 + [prose(rng, 40)])})
+                + "\n"
+            )
+    params = parse_params(files_params(root, {"clean": {"dropped_samples": 3}}))
+    run_stage("crawl", crawl.body, root, params)
+    metrics = run_stage("clean", clean.body, root, params)
+    samples = json.loads((root / "data" / "clean" / "dropped_samples.json").read_text())
+    assert {"min_words", "dup_line_frac"} <= set(samples) and set(samples) == set(metrics["drops"])
+    for reason, entry in samples.items():
+        assert entry["documents"] == metrics["drops"][reason] and entry["threshold"] is not None
+        assert 1 <= len(entry["samples"]) <= 3
+        for s in entry["samples"]:
+            assert s["value"] < s["threshold"] if reason in MIN_RULES else s["value"] > s["threshold"]
+            assert s["text"] and s["source"] == "web" and s["id"].startswith("web/")
+    assert len(samples["min_words"]["samples"]) == 3 and samples["min_words"]["threshold"] == 20
+    dropped = [
+        r for p in sorted((root / "data" / "clean" / "dropped").glob("*.parquet")) for r in read_rows(p)
+    ]
+    assert all(r["reason"] and r["value"] is not None for r in dropped if r["reason"] != "extraction")

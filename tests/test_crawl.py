@@ -344,6 +344,32 @@ def test_declared_too_large(site: Site) -> None:
     assert f.error == "too_large" and f.nbytes == 0
 
 
+def test_oversize_truncate_keeps_the_first_max_bytes(site: Site) -> None:
+    seeds = [site.url("/big.html"), site.url("/big-declared.html"), site.url("/page2")]
+    log = run(site, seeds, max_depth=0, oversize="truncate")
+    for url in seeds[:2]:  # streamed without a length, and declared too large up front
+        f = log[url]
+        assert f.error is None and f.truncated and f.nbytes == MAX_BYTES, f
+        assert len(f.content.encode()) == MAX_BYTES and f.content.startswith("<")
+    assert log[site.url("/big.html")].content.startswith("<p>xxxx")
+    assert not log[site.url("/page2")].truncated and "page two" in log[site.url("/page2")].content
+    skipped = run(site, seeds[:1], max_depth=0)[seeds[0]]  # the default: skip
+    assert skipped.error == "too_large" and not skipped.truncated
+
+
+def test_crawl_stage_counts_truncated_pages(site: Site, tmp_path) -> None:
+    from pipeline.config import CommonConfig, DistSplit, HttpSource
+    from pipeline.io import read_rows
+    from stages.crawl import crawl_one
+
+    src = HttpSource(kind="http", seeds=[site.url("/big.html"), site.url("/page2")], max_depth=0,
+                     max_bytes=MAX_BYTES, oversize="truncate", timeout_s=5.0)  # fmt: skip
+    counts = crawl_one(("web", src), str(tmp_path), str(tmp_path), CommonConfig(), DistSplit())
+    assert counts["truncated"] == 1 and counts["docs"] == 2
+    fetch_log = {r["url"]: r["truncated"] for r in read_rows(tmp_path / "fetch_log" / "web.parquet")}
+    assert fetch_log == {site.url("/big.html"): True, site.url("/page2"): False}
+
+
 def test_timeout(site: Site) -> None:
     f = run(site, [site.url("/slow")], timeout_s=0.2, retries=1)[site.url("/slow")]
     assert (f.error, f.status) == ("timeout", None)

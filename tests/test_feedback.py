@@ -75,6 +75,17 @@ def test_noise_zero_is_deterministic_and_noise_flips_pairs() -> None:
         rank(scores, 0.2)
 
 
+def test_equal_scores_stay_tied_under_noise() -> None:
+    """Two responses the labeler scores alike are never ordered by the noise on their comparisons with
+    the others: such an order would be a coin flip no reward model could learn."""
+    scores = [0.6, 0.6, 0.9, 0.2, 0.6]
+    for s in range(200):
+        ranks = rank(scores, 0.25, random.Random(s))
+        assert ranks[0] == ranks[1] == ranks[4]
+    noisy = [rank(scores, 0.25, random.Random(s)) for s in range(200)]
+    assert sum(r[2] < r[0] for r in noisy) > sum(r[2] > r[0] for r in noisy) > 0  # strict pairs still flip
+
+
 # --- the suite and the splits ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def suite() -> dict[str, list[dict]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import shutil
 
 import pyarrow.parquet as pq
@@ -151,6 +152,96 @@ def test_the_supervised_loop_resumes_exactly_after_a_kill(tmp_path, tok, small_g
     resumed.run()
     a, b = whole.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_lm_term_over_real_tokens_only_is_the_mean_over_every_next_token(tok, small_gpt):
+    sp, enc = Specials.of(tok), text_encoder(tok)
+    items = [{"text": "the river", "label": 0}, {"text": "a garden of letters and the mountain", "label": 1}]
+    batch = collate(encode_items("classify", items, enc, sp, 32))
+    model = GPTClassifier(small_gpt, "classify", 2, clf_dropout=0.0).eval()
+    loss, metrics = objective(1.0, False)(model, batch)
+    out, h = model(batch["tokens"], batch["extract"])
+    logits = model.gpt.lm_head(h)  # every position, padding included, then ignored
+    full = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.size(-1)), batch["targets"].reshape(-1), ignore_index=-1
+    )
+    assert metrics["lm_loss"] == pytest.approx(full.item(), rel=1e-5)
+    assert loss.item() == pytest.approx(metrics["clf_loss"] + full.item(), rel=1e-5)
+
+
+def test_length_buckets_cover_each_example_once_per_epoch_with_less_padding_the_same_on_resume(tok):
+    from pipeline.eval.finetune import epoch_batches
+
+    sp, enc = Specials.of(tok), text_encoder(tok)
+    r = random.Random(0)
+    words = ["the", "river", "and", "mountain", "a", "garden", "of", "letters"]
+    items = [{"text": " ".join(r.choices(words, k=r.randint(1, 12))), "label": i % 2} for i in range(96)]
+    ex = encode_items("classify", items, enc, sp, 64)
+
+    def seen(batches):  # the examples of a batch list, by their token rows
+        return sorted(
+            tuple(row[row.nonzero()].flatten().tolist()) for b in batches for row in b["tokens"][:, 0]
+        )
+
+    def padding(batches):
+        return sum(int((b["tokens"] == 0).sum()) for b in batches)
+
+    bucketed, plain = epoch_batches(ex, 8, 1, False), epoch_batches(ex, 8, 1, False, bucket=1)
+    e0 = bucketed(0)
+    assert seen(e0) == seen(plain(0)) == sorted(tuple(seqs[0]) for seqs, _ in ex)  # all, once
+    assert padding(e0) < padding(plain(0))
+    again = bucketed(0)
+    assert all(torch.equal(a["tokens"], b["tokens"]) for a, b in zip(e0, again, strict=True))
+    assert any(not torch.equal(a["tokens"], b["tokens"]) for a, b in zip(e0, bucketed(1), strict=True))
+
+
+def test_predict_returns_outputs_in_input_order_whatever_the_batching(tok, small_gpt):
+    from pipeline.eval.finetune import predict
+
+    sp, enc = Specials.of(tok), text_encoder(tok)
+    texts = ["the river", "a garden of letters and the mountain", "letters", "the mountain and the river"]
+    ex = encode_items("classify", [{"text": t, "label": 0} for t in texts], enc, sp, 32)
+    model = GPTClassifier(small_gpt, "classify", 2, clf_dropout=0.0)
+    together = predict(model, ex, 3, False)
+    alone = [predict(model, [e], 1, False)[0] for e in ex]
+    assert together.shape == (4, 2)
+    assert all(torch.allclose(torch.tensor(together[i]), torch.tensor(alone[i]), atol=1e-5) for i in range(4))
+
+
+def test_next_passage_choices_are_short_endings_joined_to_the_context_never_document_openings():
+    from pipeline.eval.embedded import next_passage_items, passages
+
+    def doc(i, src):
+        return {"id": f"d{i}", "source": src, "text": " ".join(f"{src}{i}w{k}" for k in range(40))}
+
+    docs = [doc(i, "a" if i % 2 else "b") for i in range(8)]
+    items = next_passage_items(docs, 10, 4, 1000, random.Random(0), choice_words=3)
+    assert len(items) == 8 * 3  # 4 passages per document, 3 with a next one
+    openings = {passages(d["text"], 10)[0].split()[0] for d in docs}
+    for it in items:
+        ctx = it["context"].split()
+        src, i, k = ctx[-1][0], ctx[-1][1 : ctx[-1].index("w")], int(ctx[-1].split("w")[1])
+        assert it["choices"][it["label"]] == " ".join(f"{src}{i}w{k + j}" for j in (1, 2, 3))
+        for c, choice in enumerate(it["choices"]):
+            first = choice.split()
+            assert len(first) == 3 and first[0] not in openings
+            if c != it["label"]:
+                assert first[0][0] == src and not first[0].startswith(
+                    f"{src}{i}w"
+                )  # same source, other document
+    whole = next_passage_items(docs, 10, 4, 1000, random.Random(0))  # evaluate's items: whole passages
+    assert all(len(c.split()) == 10 for it in whole for c in it["choices"])
+
+
+def test_separated_needs_the_pretrained_interval_above_the_random_init_interval():
+    from stages.finetune import _separated
+
+    def res(lo_p, hi_r):
+        return {"pretrained": {"acc": {"low": lo_p}}, "random_init": {"acc": {"high": hi_r}}}
+
+    assert (
+        _separated(res(0.62, 0.60)) and not _separated(res(0.60, 0.61)) and not _separated({"pretrained": {}})
+    )
 
 
 # ------------------------------------------------------------------------------------- real data sets

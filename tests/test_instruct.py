@@ -216,7 +216,7 @@ def test_instruct_stages_run_in_order_and_refuse_another_tokenizer(tmp_path: Pat
         "instructions": {"families": ["arithmetic", "unanswerable", "forbidden"], "max_modules": 5,
                          "sizes": {"sft": 24, "rm": 12, "ppo": 3, "eval": 9}},
         "sft": {**small, "eval_prompts": 1, "max_new_tokens": 4, "fewshot": 1},
-        "comparisons": {"k_min": 4, "k_max": 5, "max_new_tokens": 4, "noise": 0.0},
+        "comparisons": {"k_min": 4, "k_max": 5, "max_new_tokens": 4, "noise": 0.0, "temperatures": None},
         "reward": {**small, "val_fraction": 0.25, "bias_samples": 8},
     }))  # fmt: skip
     for stage in (instructions, sft, comparisons, reward):
@@ -232,6 +232,7 @@ def test_instruct_stages_run_in_order_and_refuse_another_tokenizer(tmp_path: Pat
     ]
     assert len(rows) == 12 and all(4 <= len(r["responses"]) <= 5 for r in rows)
     assert all(r["ranks"] == r["gold_ranks"] for r in rows)  # noise 0: the labeler's own order
+    assert all(r["temperatures"] == [1.0] * len(r["responses"]) for r in rows)  # no mix: all at temperature
     m = json.loads((data / "reward" / "metrics.json").read_text())
     assert 0.0 <= m["val"]["pair_acc"] <= 1.0 and (tmp_path / "metrics" / "reward.json").is_file()
     assert set(json.loads((data / "sft" / "metrics.json").read_text())["eval"]["sft"]["families"]) == {
@@ -242,3 +243,99 @@ def test_instruct_stages_run_in_order_and_refuse_another_tokenizer(tmp_path: Pat
     save_tokenizer(other, data / "tokenize" / "tokenizer.json")
     with pytest.raises(LineageError, match=r"data/sft/model: built on another tokenizer"):
         run_stage("reward", reward.body, tmp_path, params)
+
+
+def test_a_prompts_responses_take_the_temperatures_of_the_mix_in_turn() -> None:
+    import random
+
+    from stages.comparisons import temperatures
+
+    ts = temperatures([0.7, 1.0, 1.3], [4, 9, 2, 3], random.Random(0))
+    assert [len(t) for t in ts] == [4, 9, 2, 3]
+    assert sorted(ts[1]) == [0.7] * 3 + [1.0] * 3 + [1.3] * 3  # as even as K allows
+    assert all(len(set(t)) == min(len(t), 3) for t in ts)
+    assert len({t[0] for t in temperatures([0.7, 1.0, 1.3], [4] * 30, random.Random(0))}) == 3  # random start
+
+
+# --- the reward stage killed mid-training ------------------------------------------------------------------
+def reward_project(root: Path, tok) -> None:
+    """A project holding what the reward stage reads: tokenizer, an 'SFT' model, SFT demonstrations and
+    ranked comparisons in which the answer "json." beats the others."""
+    import json
+    import random
+
+    import yaml
+
+    from pipeline.model.export import save_model
+    from tests.conftest import files_params
+
+    path = save_tokenizer(tok, root / "data" / "tokenize" / "tokenizer.json")
+    chat = ChatTokens(tok)
+    save_model(tiny(tok.get_vocab_size()), root / "data" / "sft" / "model")
+    (root / "data" / "sft" / "model" / "chat.json").write_text(
+        json.dumps({"tokenizer_sha256": tokenizer_sha256(path), "end_id": chat.end})
+    )
+    inst = root / "data" / "instructions"
+    inst.mkdir(parents=True)
+    q = [{"role": "user", "content": "Which module defines dumps?"}]
+    (inst / "sft.jsonl").write_text(json.dumps({"messages": q, "reference": "json."}) + "\n")
+    rng, words, rows = random.Random(0), ["five", "three", "module", "sum", "two"], []
+    for i in range(48):
+        responses = [" ".join(rng.choices(words, k=rng.randint(1, 3))) + END for _ in range(4)]
+        responses[i % 4] = "json." + END
+        ranks = [0 if r.startswith("json") else 1 for r in responses]
+        rows.append({"id": f"p{i}", "family": "module_of", "messages": q, "responses": responses,
+                     "ranks": ranks, "gold_ranks": ranks})  # fmt: skip
+    (root / "data" / "comparisons").mkdir(parents=True)
+    (root / "data" / "comparisons" / "comparisons.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in rows)
+    )
+    reward = {"max_steps": 120, "epochs": 10, "batch_size": 2, "lr": 1e-3, "checkpoint_interval": 10,
+              "dtype": "float32", "device": "cpu", "val_fraction": 0.25, "bias_samples": 4}  # fmt: skip
+    (root / "params.yaml").write_text(yaml.safe_dump(files_params(root, {"reward": reward})))
+
+
+def test_reward_stage_killed_mid_training_resumes_to_the_uninterrupted_result(tmp_path: Path, tok) -> None:
+    """SIGKILL after the first checkpoint; the rerun resumes and ends with the very weights and metrics
+    of a run that was never interrupted (that one runs beside it)."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from safetensors.torch import load_file
+
+    from tests.conftest import ROOT
+
+    for root in ("a", "b"):  # the same project twice, each with its own tracking store
+        reward_project(tmp_path / root, tok)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+    def start(root: Path, **kw) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "stages.reward", "--root", str(root)], cwd=ROOT, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kw)  # fmt: skip
+
+    uninterrupted, killed = start(tmp_path / "b"), start(tmp_path / "a")
+    ckpts = tmp_path / "a" / "checkpoints" / "reward"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and killed.poll() is None and not list(ckpts.glob("*/ckpt.pt")):
+        time.sleep(0.02)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    (ckpt,) = ckpts.glob("*/ckpt.pt")
+    killed_at = torch.load(ckpt, weights_only=True)["step"]
+    assert 0 < killed_at < 120 and not (tmp_path / "a" / "data" / "reward").exists()
+    resumed = start(tmp_path / "a")
+    for proc in (resumed, uninterrupted):
+        _, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err[-2000:]
+    ma, mb = (json.loads((tmp_path / r / "data" / "reward" / "metrics.json").read_text()) for r in "ab")
+    assert ma["perf"]["resumed_from_step"] >= killed_at and mb["perf"]["resumed_from_step"] == -1
+    assert ma["train"]["steps"] == mb["train"]["steps"] == 120
+    assert ma["val"] == mb["val"] and ma["bias_shift"] == mb["bias_shift"]
+    assert mb["val"]["pair_acc"] > 0.8  # it learned the planted preference
+    for name in ("model.safetensors", "reward_head.safetensors"):
+        a, b = (load_file(str(tmp_path / r / "data" / "reward" / "model" / name)) for r in "ab")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -55,3 +55,59 @@ def test_classifier_separates_reference_from_web_on_held_out_folds(tmp_path):
     again = load_classifier(path)
     texts = [prose(rng, 100), junk(rng, 100)]
     assert np.allclose(again.predict_proba(texts), clf.predict_proba(texts))
+
+
+def test_on_the_embedded_web_prose_pages_score_above_api_pages():
+    """The reference side of the distributions against a sample of the embedded web: project pages
+    (READMEs of the other side) must read more like the reference than pydoc's API pages do."""
+    from pipeline.config import CleanConfig, DistSplit, PydocSource, PythonDocsSource
+    from pipeline.text.clean import clean_doc
+    from pipeline.text.crawl import extract_links
+    from pipeline.text.sources import EmbeddedWeb, read_python_docs_source
+
+    split, clean_cfg = DistSplit(), CleanConfig()
+    with EmbeddedWeb(PydocSource(kind="pydoc"), split) as web:
+        home = web.get("/")[2].decode()
+        api_paths = [
+            u.removeprefix(web.url[:-1]) for u in extract_links(home, web.url) if u.endswith(".html")
+        ]
+        api_paths = [p for p in api_paths if not p.startswith("/projects/")][:10]
+        pages = {p: "api" for p in api_paths} | {p.path: "prose" for p in web.projects[:10]}
+        texts, kinds = [], []
+        for path, kind in pages.items():
+            doc, _ = clean_doc({"id": path, "source": "web", "role": "web", "url": path,
+                                "text": web.get(path)[2].decode(), "content_type": "text/html"}, clean_cfg)  # fmt: skip
+            if doc["words"] >= 30:
+                texts.append(doc["text"])
+                kinds.append(kind)
+    refs = read_python_docs_source(
+        "ref", PythonDocsSource(kind="python_docs", part="distributions", max_docs=40), split
+    ) + read_python_docs_source("topics", PythonDocsSource(kind="python_docs", part="topics", max_docs=20))
+    _, _, _, scores = train_classifier([d["text"] for d in refs], texts, CFG, seed=0)
+    web_scores = scores[len(refs) :]
+    kinds_arr = np.array(kinds)
+    assert (kinds_arr == "api").sum() >= 6 and (kinds_arr == "prose").sum() >= 6
+    prose, api = web_scores[kinds_arr == "prose"], web_scores[kinds_arr == "api"]
+    assert prose.mean() > api.mean() + 0.2, (prose.mean(), api.mean())
+    keep = lambda s, a: float(np.mean((2 - s) ** -a))  # noqa: E731 - P(keep) of the Pareto rule
+    assert keep(prose, 9.0) > 2 * keep(api, 9.0)
+
+
+def test_score_shard_counts_each_page_kind(tmp_path):
+    from pipeline.io import write_table
+    from pipeline.text.clean import CLEAN_SCHEMA
+    from pipeline.text.quality import score_shard
+
+    rng = random.Random(1)
+    rows = [
+        {"id": f"web/{i}", "source": "web", "role": "web", "url": f"u{i}", "text": text, "content_type": "text/html",
+         "page_kind": kind, "extractor": "trafilatura", "words": 100}
+        for i, (kind, text) in enumerate([("prose", prose(rng, 100)) for _ in range(6)] + [("api", junk(rng, 100)) for _ in range(4)])
+    ] + [{"id": "ref/0", "source": "ref", "role": "reference", "url": "r", "text": prose(rng, 100),
+          "content_type": "text/plain", "page_kind": None, "extractor": "plain", "words": 100}]  # fmt: skip
+    shard = write_table(tmp_path / "in" / "part-00000.parquet", rows, CLEAN_SCHEMA)
+    held_out = {r["id"]: (0.999 if r["page_kind"] != "api" else 0.001) for r in rows}
+    out = score_shard((0, str(shard)), str(tmp_path / "out"), "unused", held_out, ["web"], CFG, seed=0)
+    assert out["total"] == {"web": 10, "ref": 1, "web:prose": 6, "web:api": 4}
+    assert out["kept"]["web:prose"] + out["kept"]["web:api"] == out["kept"]["web"]
+    assert out["kept"]["web:api"] == 0 and out["kept"]["web:prose"] >= 3  # P(keep) 0.002 and 0.99 at alpha 9

@@ -1,19 +1,24 @@
+import html
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
 
-from pipeline.config import FilesSource, HfSource, PydocSource, PythonDocsSource, WarcSource
+from pipeline.config import DistSplit, FilesSource, HfSource, PydocSource, PythonDocsSource, WarcSource
 from pipeline.errors import LineageError
 from pipeline.text.sources import (
+    EmbeddedWeb,
     PydocServer,
+    dist_side,
     pydoc_excludes,
     read_files_source,
     read_hf_source,
     read_pydoc_source,
     read_python_docs_source,
     read_warc_source,
+    web_projects,
 )
 
 
@@ -210,3 +215,48 @@ def test_truncated_warc_never_yields_a_cut_document(tmp_path: Path, gzip: bool):
 def _write(root: Path, name: str, data: bytes) -> Path:
     (root / name).write_bytes(data)
     return root
+
+
+# ------------------------------------------------------------------------------ the embedded web
+def test_embedded_web_serves_api_and_prose_pages_and_the_crawler_reaches_both():
+    src = PydocSource(kind="pydoc", max_pages=8, max_depth=2, concurrency=1, per_host_concurrency=1)
+    docs, log = read_pydoc_source("pydoc_web", src)
+    kinds = {d["url"]: d["page_kind"] for d in docs}
+    assert {"api", "prose"} <= set(kinds.values()), kinds
+    assert all((k == "prose") == u.startswith("pydoc:/projects/") for u, k in kinds.items())
+    prose = next(d for d in docs if d["page_kind"] == "prose")
+    # a README wrapped in the site's boilerplate, with links on to other project pages
+    assert "<nav>" in prose["text"] and "<footer" in prose["text"] and "Related projects" in prose["text"]
+    assert len(re.findall(r'href="/projects/[^"]+\.html"', prose["text"])) >= 3
+    api = next(d for d in docs if d["page_kind"] == "api" and d["url"] != "pydoc:/")
+    assert 'href="/projects/' in api["text"]  # pydoc's pages link into the project pages
+
+
+def test_embedded_web_project_pages_render_readmes(monkeypatch):
+    monkeypatch.setenv("LINEAGE_TEST_MARKER", "zq9-not-for-pages")
+    with EmbeddedWeb(PydocSource(kind="pydoc"), DistSplit()) as web:
+        # pydoc shows os.environ: this process's variables must not reach the pages (or the corpus)
+        assert "zq9-not-for-pages" not in web.get("/os.html")[2].decode()
+        project = web.projects[0]
+        status, ctype, body = web.get(project.path)
+        assert (status, ctype.split(";")[0]) == (200, "text/html")
+        page = body.decode()
+        assert f"<h1>{html.escape(project.name)} " in page and "<p>" in page
+        assert web.get("/projects/no-such-project.html")[0] == 404
+        assert web.get("/")[0] == 200
+
+
+def test_prose_distributions_are_disjoint_from_the_reference_source():
+    split = DistSplit()
+    web = {p.name.lower() for p in web_projects(split, 600)}
+    ref_docs = read_python_docs_source(
+        "dist_docs", PythonDocsSource(kind="python_docs", part="distributions", min_chars=0), split
+    )
+    ref = {d["url"].removeprefix("python:distributions/").split("/")[0] for d in ref_docs}
+    assert len(web) >= 10 and len(ref) >= 10
+    assert not web & ref
+    # the split is a seeded hash of the name: stable, and the seed reshuffles it
+    assert {p.name.lower() for p in web_projects(split, 600)} == web
+    assert {p.name.lower() for p in web_projects(DistSplit(seed=1), 600)} != web
+    assert not web_projects(DistSplit(web_share=0.0), 0)
+    assert all(dist_side(n, DistSplit(web_share=1.0)) == "web" for n in ref)

@@ -7,8 +7,9 @@ builder is deterministic given the seed.
 Fine-tuning (GPT-1 forms):
 * ``source``: which source a passage comes from (classification);
 * ``similarity``: two passages from one document, or from two documents of the same source;
-* ``next_passage``: the true next passage among ``choices`` (StoryCloze-like; the distractors are
-  passages of other documents of the same source);
+* ``next_passage``: the true continuation of a passage among ``choices`` (StoryCloze-like: each
+  choice is the first ``CHOICE_WORDS`` words of a passage; the distractors open passages of other
+  documents of the same source, never a document's first passage);
 * ``entailment``: whether a span of words comes from the premise passage; the negatives are spans
   of other documents chosen for the largest word overlap with the premise (lexically close).
 
@@ -97,23 +98,31 @@ def similarity_items(docs: list[Doc], n_words: int, cap: int, rng: random.Random
     return _cap(items, cap, rng)
 
 
-def next_passage_items(
-    docs: list[Doc], n_words: int, n_choices: int, cap: int, rng: random.Random
-) -> list[dict]:
+def next_passage_items(docs: list[Doc], n_words: int, n_choices: int, cap: int, rng: random.Random,
+                       choice_words: int | None = None) -> list[dict]:  # fmt: skip
+    """A passage as the context; the choices: its true continuation and ``n_choices - 1`` passages of
+    other documents of the same source. With ``choice_words`` every choice is cut to its first that
+    many words (a StoryCloze-like ending, so the choice hinges on the join with the context) and the
+    distractors are never the opening of a document (the true continuation never is)."""
     per_doc = _by_doc(docs, n_words)
     by_source: dict[str, list[int]] = defaultdict(list)
     for i, (d, _) in enumerate(per_doc):
         by_source[d["source"]].append(i)
+
+    def cut(p: str) -> str:
+        return p if choice_words is None else " ".join(p.split()[:choice_words])
+
     items = []
     for i, (d, ps) in enumerate(per_doc):
         others = [j for j in by_source[d["source"]] if j != i]
         if len(others) < 1:
             others = [j for j in range(len(per_doc)) if j != i]
-        pool = [q for j in others for q in per_doc[j][1]]
+        first = 0 if choice_words is None else 1
+        pool = [q for j in others for q in per_doc[j][1][first:]]
         if len(pool) < n_choices - 1:
             continue
         for k in range(len(ps) - 1):
-            choices = [ps[k + 1], *rng.sample(pool, n_choices - 1)]
+            choices = [cut(c) for c in (ps[k + 1], *rng.sample(pool, n_choices - 1))]
             order = list(range(n_choices))
             rng.shuffle(order)
             items.append(
@@ -160,8 +169,15 @@ def entailment_items(docs: list[Doc], n_words: int, cap: int, rng: random.Random
     return _cap(items, cap, rng)
 
 
+# next_passage (fine-tuning): each choice is the first CHOICE_WORDS words of a passage, about a
+# clause, as StoryCloze's one-sentence endings; the whole passage would bury the join with the
+# context under 32 words of unrelated text (and cost four times a passage per item)
+CHOICE_WORDS = 8
+
+
 def embedded_task(kind: str, name: str, docs: list[Doc], n_words: int, test_fraction: float,
-                  caps: tuple[int, int], n_choices: int, seed: int) -> Task:  # fmt: skip
+                  caps: tuple[int, int], n_choices: int, seed: int,
+                  choice_words: int | None = CHOICE_WORDS) -> Task:  # fmt: skip
     """One embedded fine-tuning task over ``docs`` (the validation split), train/test by document."""
     train_docs, test_docs = split_docs(docs, test_fraction, seed)
     sources = sorted({d["source"] for d in docs})
@@ -173,7 +189,7 @@ def embedded_task(kind: str, name: str, docs: list[Doc], n_words: int, test_frac
         elif kind == "similarity":
             sides.append(similarity_items(part, n_words, cap, rng))
         elif kind == "next_passage":
-            sides.append(next_passage_items(part, n_words, n_choices, cap, rng))
+            sides.append(next_passage_items(part, n_words, n_choices, cap, rng, choice_words))
         elif kind == "entailment":
             sides.append(entailment_items(part, n_words, cap, rng))
         else:

@@ -91,10 +91,12 @@ def objective(lm_coef: float, regression: bool) -> Callable[[nn.Module, dict[str
         metrics = {"clf_loss": l2.item()}
         if lm_coef == 0:
             return l2, metrics
-        logits = model.gpt.lm_head(h)
-        l1 = F.cross_entropy(
-            logits.float().reshape(-1, logits.size(-1)), batch["targets"].reshape(-1), ignore_index=-1
-        )
+        # the vocabulary projection only where there is a next token (padding and extract tokens
+        # have none): the same mean as ignore_index=-1 over every position, without the wasted rows
+        targets = batch["targets"].reshape(-1)
+        real = targets >= 0
+        logits = model.gpt.lm_head(h.reshape(-1, h.size(-1))[real])
+        l1 = F.cross_entropy(logits.float(), targets[real])
         metrics["lm_loss"] = l1.item()
         return l2 + lm_coef * l1, metrics
 
@@ -112,17 +114,32 @@ def encode_items(task_form: Form, items: Sequence[dict[str, Any]], encode: Calla
     ]
 
 
+def _length(example: tuple[list[list[int]], Any]) -> int:
+    return max(len(seq) for seq in example[0])
+
+
 def epoch_batches(examples: Sequence[tuple[list[list[int]], Any]], batch_size: int, seed: int,
-                  regression: bool) -> Callable[[int], list[dict[str, torch.Tensor]]]:  # fmt: skip
-    """batches(epoch): a seeded shuffle per epoch, so a resumed run sees the same order."""
+                  regression: bool, bucket: int = 8) -> Callable[[int], list[dict[str, torch.Tensor]]]:  # fmt: skip
+    """batches(epoch): a seeded shuffle per epoch, so a resumed run sees the same order.
+
+    Each run of ``bucket`` batches of the shuffled order is sorted by length before it is cut into
+    batches, and the batches are shuffled again: a batch holds examples of similar length, so less
+    of it is padding (``bucket=1``: plain random batches)."""
 
     def batches(epoch: int) -> list[dict[str, torch.Tensor]]:
+        rng = random.Random(f"{seed}/{epoch}")
         order = list(range(len(examples)))
-        random.Random(f"{seed}/{epoch}").shuffle(order)
-        return [
-            collate([examples[i] for i in order[s : s + batch_size]], regression)
-            for s in range(0, len(order), batch_size)
-        ]
+        rng.shuffle(order)
+        groups = []
+        if bucket <= 1:
+            groups = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+        else:
+            chunk = batch_size * bucket
+            for c in range(0, len(order), chunk):
+                part = sorted(order[c : c + chunk], key=lambda i: _length(examples[i]))
+                groups.extend(part[s : s + batch_size] for s in range(0, len(part), batch_size))
+            rng.shuffle(groups)
+        return [collate([examples[i] for i in g], regression) for g in groups]
 
     return batches
 
@@ -130,16 +147,22 @@ def epoch_batches(examples: Sequence[tuple[list[list[int]], Any]], batch_size: i
 @torch.no_grad()
 def predict(model: GPTClassifier, examples: Sequence[tuple[list[list[int]], Any]], batch_size: int,
             regression: bool, device: torch.device | str = "cpu") -> np.ndarray:  # fmt: skip
-    """Head outputs for every example, in order: (N, classes), (N, K) or (N,)."""
+    """Head outputs for every example, in order: (N, classes), (N, K) or (N,). The examples are
+    batched by length (less padding); padding after a sequence does not change its states."""
     was = model.training
     model.eval()
+    order = sorted(range(len(examples)), key=lambda i: -_length(examples[i]))
     outs = []
-    for s in range(0, len(examples), batch_size):
-        b = collate(examples[s : s + batch_size], regression)
+    for s in range(0, len(order), batch_size):
+        b = collate([examples[i] for i in order[s : s + batch_size]], regression)
         out, _ = model(b["tokens"].to(device), b["extract"].to(device))
         outs.append(out.float().cpu())
     model.train(was)
-    return torch.cat(outs).numpy() if outs else np.zeros((0,))
+    if not outs:
+        return np.zeros((0,))
+    result = torch.empty_like(torch.cat(outs))
+    result[torch.tensor(order)] = torch.cat(outs)
+    return result.numpy()
 
 
 def task_metrics(task: Task, outputs: np.ndarray, seed: int) -> tuple[dict[str, Any], np.ndarray]:

@@ -1,9 +1,9 @@
 """Params sections of the InstructGPT stages (Ouyang et al. 2022): instructions, sft, comparisons,
-reward. Pydantic only, so the labeler side stays free of torch."""
+reward, ppo. Pydantic only, so the labeler side stays free of torch."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -112,12 +112,15 @@ class ComparisonsConfig(Section):
     k_min: int = Field(4, ge=2)  # InstructGPT showed labelers 4 to 9 responses per prompt
     k_max: int = Field(9, ge=2)
     temperature: float = Field(1.0, gt=0)
+    # a mix of policies, as InstructGPT's K came from several models: a prompt's responses take these
+    # temperatures in turn (from a random one on); None = all at ``temperature``
+    temperatures: list[Annotated[float, Field(gt=0)]] | None = Field([0.7, 1.0, 1.3], min_length=1)
     top_k: int | None = Field(None, ge=1)
     top_p: float | None = Field(None, gt=0, le=1)
     max_new_tokens: int = Field(48, ge=1)
     batch_size: int = Field(64, ge=1)  # sequences per generation batch
-    noise: float = Field(0.25, ge=0, le=0.5)  # each pairwise comparison flipped with this probability:
-    # 0.25 makes two simulated labelers agree on ~73% of pairs, as InstructGPT's training labelers did
+    noise: float = Field(0.33, ge=0, le=0.5)  # each pairwise comparison flipped with this probability:
+    # 0.33 makes two simulated labelers agree on ~73% of pairs, as InstructGPT's training labelers did
     source: Literal["labeler", "data"] = "labeler"  # data: the rankings of instructions.comparisons
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
@@ -134,6 +137,54 @@ class RewardConfig(TrainSection):
 
     lr: float = Field(3e-4, gt=0)
     epochs: int = Field(2, ge=1)  # the paper trains one epoch: more overfits
-    batch_size: int = Field(8, ge=1)  # prompts (each with its K responses) per batch
+    batch_size: int = Field(4, ge=1)  # prompts (each with its K responses) per batch
     val_fraction: float = Field(0.2, gt=0, lt=1)  # of the comparison prompts, held out
     bias_samples: int = Field(512, ge=1)  # SFT demonstrations used for the bias shift
+
+
+class PpoConfig(Section):
+    """InstructGPT's RL step (Ouyang et al. 2022, section 3.5): PPO on the PPO split's prompts with a
+    per-token KL penalty to the SFT model, a value model initialised from the RM and, for PPO-ptx,
+    the pretraining LM loss mixed in with coefficient ``ptx_coef`` (gamma). Rollouts sample at
+    temperature 1 from the whole distribution (no top-k, no top-p): the KL estimate is only unbiased
+    for samples of the policy itself."""
+
+    steps: int = Field(40, ge=1)  # rollout batches (PPO iterations)
+    rollout_prompts: int = Field(32, ge=1)  # episodes per rollout batch
+    minibatch_size: int = Field(8, ge=1)  # episodes per optimiser step
+    ppo_epochs: int = Field(4, ge=1)  # passes over each rollout batch
+    lr: float = Field(1e-4, gt=0)  # policy
+    value_lr: float = Field(1e-4, gt=0)  # value model
+    weight_decay: float = Field(0.0, ge=0)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.95, ge=0, lt=1)
+    grad_clip: float = Field(1.0, ge=0)
+    kl_coef: float = Field(0.02, ge=0)  # beta: reward = RM score - beta * (log pi - log pi_SFT) per token
+    kl_target: float | None = Field(None, gt=0)  # adaptive KL controller (Ziegler et al. 2019): target KL
+    kl_horizon: int = Field(10000, ge=1)  # its horizon in episodes
+    gamma: float = Field(1.0, ge=0, le=1)  # discount
+    lam: float = Field(0.95, ge=0, le=1)  # GAE lambda
+    cliprange: float = Field(0.2, gt=0)  # policy ratio clip
+    cliprange_value: float = Field(0.2, gt=0)  # value clip around the rollout's values
+    whiten_advantages: bool = True
+    missing_end_penalty: float = Field(1.0, ge=0)  # off the RM score of a response with no <|end|>
+    max_new_tokens: int = Field(48, ge=1)
+    ptx_coef: float = Field(0.0, ge=0)  # gamma of PPO-ptx on the mean per-token LM loss; 0 = plain PPO
+    ptx_batch_size: int = Field(8, ge=1)  # pretraining windows (block_size tokens) per optimiser step
+    ema: float | None = Field(None, gt=0, lt=1)  # decay of an EMA of the policy weights (evaluated, kept)
+    val_prompts: int = Field(120, ge=1)  # of the eval split: picks the best checkpoint (gold score)
+    test_prompts: int | None = Field(600, ge=1)  # of the rest of the eval split (None = all): final figures
+    eval_interval: int = Field(5, ge=0)  # steps between validation (gold + RM score vs KL); 0 = at the end
+    tax_windows: int = Field(32, ge=1)  # pretraining validation windows for the alignment tax
+    checkpoint_interval: int = Field(10, ge=0)
+    resume: bool = True
+    dtype: Literal["float32", "bfloat16"] = "float32"  # ratios of log-probabilities want float32
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _sizes(self) -> PpoConfig:
+        if self.minibatch_size > self.rollout_prompts:
+            raise ValueError(
+                f"minibatch_size ({self.minibatch_size}) must not exceed rollout_prompts ({self.rollout_prompts})"
+            )
+        return self

@@ -135,7 +135,8 @@ def judge(example: dict[str, Any], response: str) -> Judgement:
 def rank(scores: Sequence[float], noise: float = 0.0, rng: random.Random | None = None) -> list[int]:
     """Rank levels (0 = best, equal = tie) of K responses from their scores, each strict pairwise
     comparison flipped with probability ``noise``; the order is the Copeland order (pairwise wins).
-    With ``noise == 0`` no random number is drawn and the ranking is the order of the scores."""
+    Equal scores stay tied under noise too. With ``noise == 0`` no random number is drawn and the
+    ranking is the order of the scores."""
     if noise and rng is None:
         raise ValueError("noise > 0 needs an rng")
     k = len(scores)
@@ -150,6 +151,10 @@ def rank(scores: Sequence[float], noise: float = 0.0, rng: random.Random | None 
             if noise and rng.random() < noise:
                 i_better = not i_better
             wins[i if i_better else j] += 1
+    # responses the labeler scores alike stay tied: noise on their comparisons with the others would
+    # otherwise order them at random, pairs no reward model could learn; they share their mean wins
+    alike = [[j for j in range(k) if abs(scores[i] - scores[j]) < 1e-9] for i in range(k)]
+    wins = [sum(wins[j] for j in same) / len(same) for same in alike]
     levels = sorted(set(wins), reverse=True)
     return [levels.index(w) for w in wins]
 

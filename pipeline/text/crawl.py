@@ -22,7 +22,9 @@ Behaviour worth knowing (all limits come from :class:`~pipeline.config.CrawlOpti
   :func:`address_allowed` before it is sent, and it connects to the checked address (no DNS rebinding).
   A refusal is logged as its reason (``link_local_address``, ``private_address``, ...).
 * Bodies are decompressed here in bounded steps, so ``max_bytes`` counts decoded bytes and a gzip
-  bomb stops at the cap (``too_large``); a body cut inside its gzip stream is ``truncated``.
+  bomb stops at the cap (``too_large``); a body cut inside its gzip stream is ``truncated``. With
+  ``oversize: truncate`` a page past the cap is kept instead, cut at ``max_bytes`` (its record says
+  ``truncated=True``; nothing past the cap is read).
 * A body that decodes to nothing (``empty``) or to control bytes (``binary``) is no document.
 * ``Retry-After`` on 429/503 holds back the host for that long, up to ``max_retry_after_s`` (longer:
   no retry). A fractional robots.txt ``Crawl-delay`` is honoured.
@@ -84,6 +86,7 @@ class Fetch:
     depth: int
     nbytes: int
     error: str | None
+    truncated: bool = False  # cut at max_bytes (oversize: truncate)
 
 
 # ------------------------------------------------------------------------------------------ URLs
@@ -384,6 +387,7 @@ class _Hop:
     nbytes: int = 0
     error: str | None = None
     retry_after: float | None = None  # seconds a 429/503 asked us to wait
+    truncated: bool = False
 
 
 @dataclass
@@ -520,7 +524,7 @@ class _Crawler:
         for _ in range(self.opts.max_redirects + 1):
             hop = await self._with_retries(current, loopback)
             rec.final_url, rec.status, rec.content_type = current, hop.status, hop.content_type
-            rec.nbytes = hop.nbytes
+            rec.nbytes, rec.truncated = hop.nbytes, hop.truncated
             if hop.location is None:
                 rec.error = hop.error
                 if hop.error is None:
@@ -625,7 +629,8 @@ class _Crawler:
             hop.error = "content_type"
             return hop
         declared = resp.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.opts.max_bytes:
+        truncate = self.opts.oversize == "truncate"
+        if declared.isdigit() and int(declared) > self.opts.max_bytes and not truncate:
             hop.error = "too_large"
             return hop
         return await self._read_body(resp, hop)
@@ -645,6 +650,13 @@ class _Crawler:
                     body += piece
                     hop.nbytes = len(body)
                     if len(body) > self.opts.max_bytes:
+                        if self.opts.oversize == "truncate":
+                            hop.body, hop.nbytes, hop.truncated = (
+                                bytes(body[: self.opts.max_bytes]),
+                                self.opts.max_bytes,
+                                True,
+                            )
+                            return hop
                         hop.error = "too_large"
                         return hop
         except zlib.error:

@@ -1,9 +1,11 @@
 """Deduplication and decontamination (Brown et al. 2020, App. A and C).
 
 1. Exact: documents whose normalised text is identical keep one copy.
-2. Fuzzy: MinHash signatures of word n-gram shingles, LSH banding for candidates, candidates kept
-   as duplicates when their estimated Jaccard passes ``min_jaccard``; connected documents form a
-   cluster, of which the highest-priority document survives. Works within and across sources.
+2. Fuzzy: MinHash signatures of each document's features (word n-grams, GPT-3's hashed words or
+   character n-grams; see :mod:`pipeline.text.minhash`), LSH banding for candidates, candidates
+   kept as duplicates when their estimated Jaccard passes ``min_jaccard``; connected documents form
+   a cluster, of which the highest-priority document survives. Works within and across sources,
+   in one process or with the band keys grouped on Dask (:mod:`pipeline.text.minhash_dask`).
 3. Decontamination: training documents sharing a 13-gram with an evaluation set lose the match
    plus 200 characters each side; pieces under 200 characters are dropped, a document cut into more
    than 10 pieces is dropped whole, and 13-grams found in more than 10 training documents are left
@@ -19,11 +21,17 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from pipeline.config import DedupConfig
 from pipeline.errors import LineageError
 from pipeline.io import iter_jsonl, read_parquet
+from pipeline.text.minhash import (  # noqa: F401 - the fuzzy half of dedup, importable from here
+    UnionFind,
+    estimated_jaccard,
+    lsh_candidates,
+    minhash_signatures,
+    near_duplicate_clusters,
+    shingles,
+)
 
 TOKEN_RE = re.compile(r"\w+")
 
@@ -33,96 +41,6 @@ def exact_key(text: str) -> str:
     """Hash of the text with case, punctuation and whitespace differences removed."""
     norm = " ".join(TOKEN_RE.findall(text.lower()))
     return hashlib.sha1(norm.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-# ----------------------------------------------------------------------------------------------- minhash
-def shingles(text: str, n: int) -> list[bytes]:
-    words = TOKEN_RE.findall(text.lower())
-    if len(words) <= n:
-        return [" ".join(words).encode("utf-8", "surrogatepass")]
-    return list(
-        {" ".join(words[i : i + n]).encode("utf-8", "surrogatepass") for i in range(len(words) - n + 1)}
-    )
-
-
-def minhash_signatures(texts: Iterable[str], cfg: DedupConfig, seed: int = 1) -> np.ndarray:
-    """(docs, num_perm) uint64 MinHash signatures, computed with datasketch's bulk API."""
-    from datasketch import MinHash
-
-    hashes = MinHash.bulk((shingles(t, cfg.ngram) for t in texts), num_perm=cfg.num_perm, seed=seed)
-    if not hashes:
-        return np.zeros((0, cfg.num_perm), dtype=np.uint64)
-    return np.stack([h.hashvalues for h in hashes]).astype(np.uint64)
-
-
-def estimated_jaccard(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.mean(a == b))
-
-
-def lsh_candidates(sigs: np.ndarray, cfg: DedupConfig, seed: int = 1) -> set[tuple[int, int]]:
-    """Pairs (i < j) that share at least one LSH band."""
-    from datasketch import LeanMinHash, MinHash, MinHashLSH
-
-    params = (cfg.bands, cfg.rows) if cfg.bands is not None else None
-    lsh = MinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm, params=params)
-    scheme = MinHash(num_perm=cfg.num_perm, seed=seed).scheme  # the scheme MinHash.bulk hashed with
-    lean = [LeanMinHash(seed=seed, hashvalues=s, scheme=scheme) for s in sigs]
-    pairs: set[tuple[int, int]] = set()
-    with lsh.insertion_session() as session:
-        for i, m in enumerate(lean):
-            session.insert(i, m, check_duplication=False)
-    for i, m in enumerate(lean):
-        for j in lsh.query(m):
-            if j != i:
-                pairs.add((min(i, j), max(i, j)))
-    return pairs
-
-
-class UnionFind:
-    def __init__(self, n: int):
-        self.parent = list(range(n))
-
-    def find(self, x: int) -> int:
-        while self.parent[x] != x:
-            self.parent[x] = self.parent[self.parent[x]]
-            x = self.parent[x]
-        return x
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
-
-
-def near_duplicate_clusters(
-    sigs: np.ndarray, order: list[int], cfg: DedupConfig, seed: int = 1
-) -> list[dict[str, Any]]:
-    """Clusters of near-duplicates among ``sigs``.
-
-    ``order[i]`` ranks document i (lower survives). Each cluster: kept index, removed indices and
-    each removed document's estimated Jaccard with the kept one.
-    """
-    uf = UnionFind(len(sigs))
-    for i, j in lsh_candidates(sigs, cfg, seed):
-        if estimated_jaccard(sigs[i], sigs[j]) >= cfg.min_jaccard:
-            uf.union(i, j)
-    groups: dict[int, list[int]] = {}
-    for i in range(len(sigs)):
-        groups.setdefault(uf.find(i), []).append(i)
-    clusters = []
-    for members in groups.values():
-        if len(members) < 2:
-            continue
-        members.sort(key=lambda i: order[i])
-        kept, removed = members[0], members[1:]
-        clusters.append(
-            {
-                "kept": kept,
-                "removed": removed,
-                "jaccard": [estimated_jaccard(sigs[kept], sigs[r]) for r in removed],
-            }
-        )
-    return clusters
 
 
 # ------------------------------------------------------------------------------------- decontamination

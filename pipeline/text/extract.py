@@ -64,16 +64,32 @@ def fallback_extract(html: str) -> str:
     return "".join(parts)
 
 
-def extract_text(html: str, use_trafilatura: bool = True, fallback: bool = True) -> tuple[str, str]:
-    """Main text of ``html`` and which extractor produced it ('trafilatura', 'fallback' or 'none')."""
+FOCUS = ("recall", "balanced", "precision")  # trafilatura's favor_recall / neither / favor_precision
+
+
+def extract_text(
+    html: str,
+    use_trafilatura: bool = True,
+    fallback: bool = True,
+    focus: str = "recall",
+    include_tables: bool = True,
+) -> tuple[str, str]:
+    """Main text of ``html`` and which extractor produced it ('trafilatura', 'fallback' or 'none').
+
+    ``focus`` picks trafilatura's trade-off between keeping borderline blocks (recall) and dropping
+    them (precision); bench/extraction.py measures each against gold article bodies.
+    """
+    if focus not in FOCUS:
+        raise ValueError(f"focus must be one of {FOCUS}, not {focus!r}")
     if use_trafilatura:
         import trafilatura
 
         try:
             with _LXML_LOCK:
                 text = trafilatura.extract(
-                    html, include_comments=False, include_tables=True, favor_recall=True, deduplicate=False
-                )
+                    html, include_comments=False, include_tables=include_tables,
+                    favor_recall=focus == "recall", favor_precision=focus == "precision", deduplicate=False,
+                )  # fmt: skip
         except (ValueError, TypeError, RecursionError):
             text = None
         if text:

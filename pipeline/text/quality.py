@@ -1,6 +1,7 @@
 """GPT-3's quality filter (Brown et al. 2020, App. A).
 
-A logistic regression on hashed whitespace-token features separates curated reference text
+A logistic regression on hashed whitespace-token features (raw term counts, as Spark's HashingTF
+that GPT-3 used, or L2-normalised ones) separates curated reference text
 (positives) from raw web text (negatives). Each web document is then kept when
 ``np.random.pareto(alpha) > 1 - score``, so high scores are almost always kept while low scores
 still get through now and then: P(keep | s) = (2 - s) ** -alpha.
@@ -30,10 +31,13 @@ def make_classifier(cfg: QualityConfig, seed: int) -> Any:
 
     return make_pipeline(
         HashingVectorizer(
-            n_features=cfg.n_features, lowercase=True, token_pattern=r"(?u)\S+", alternate_sign=False, norm="l2"
+            n_features=cfg.n_features, lowercase=True, token_pattern=r"(?u)\S+", alternate_sign=False,
+            norm=None if cfg.features == "counts" else "l2",
         ),
+        # Newton-CG: a few second-order steps, where L-BFGS needs ~150 on raw counts (their scale
+        # makes the problem ill-conditioned); the same L2-regularised optimum either way
         LogisticRegression(
-            C=cfg.C, max_iter=cfg.max_iter, random_state=seed,
+            C=cfg.C, max_iter=cfg.max_iter, random_state=seed, solver="newton-cg",
             class_weight="balanced" if cfg.class_weight == "balanced" else None,
         ),
     )  # fmt: skip
@@ -181,12 +185,18 @@ def score_shard(
         write_table(Path(out_dir) / "docs" / name, table.filter(pa.array(keep)))
     if not keep.all():
         write_table(Path(out_dir) / "dropped" / name, table.filter(pa.array(~keep)))
+    # a source whose documents carry a page kind (the embedded web: api / prose) is also counted per
+    # kind, under "source:kind"
+    kinds = table.column("page_kind").to_pylist() if "page_kind" in table.column_names else [None] * len(ids)
+    groups = np.array([f"{s}:{k}" if k else "" for s, k in zip(sources, kinds, strict=True)], dtype=object)
     per_scores: dict[str, list[float]] = {}
     kept_n: dict[str, int] = {}
     total_n: dict[str, int] = {}
-    for src in np.unique(sources):
-        mask = sources == src
-        per_scores[src] = scores[mask].tolist()
-        total_n[src] = int(mask.sum())
-        kept_n[src] = int((mask & keep).sum())
+    for key, column in [(src, sources) for src in np.unique(sources)] + [
+        (g, groups) for g in np.unique(groups) if g
+    ]:
+        mask = column == key
+        per_scores[key] = scores[mask].tolist()
+        total_n[key] = int(mask.sum())
+        kept_n[key] = int((mask & keep).sum())
     return {"scores": per_scores, "kept": kept_n, "total": total_n}

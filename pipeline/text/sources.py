@@ -1,5 +1,6 @@
 """Where raw documents come from: HTTP crawls, WARC/WET files, local files, Hugging Face datasets,
-and the embedded offline default (this Python's pydoc web server plus the prose it ships).
+and the embedded offline default (a small local web of this Python's pydoc pages and the project
+pages of installed distributions, plus the reference prose Python ships).
 
 Every reader yields raw-document dicts with the columns of :data:`RAW_SCHEMA`; ``text`` holds the
 content as fetched (HTML or plain text) — extraction happens in the clean stage.
@@ -11,24 +12,40 @@ import ast
 import glob
 import hashlib
 import io
+import os
 import re
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
-from pipeline.config import FilesSource, HfSource, HttpSource, PydocSource, PythonDocsSource, WarcSource
+from pipeline.config import (
+    DistSplit,
+    FilesSource,
+    HfSource,
+    HttpSource,
+    PydocSource,
+    PythonDocsSource,
+    WarcSource,
+)
 from pipeline.errors import LineageError
 from pipeline.io import DOC_SCHEMA, iter_jsonl
 
 # when and how fast a page was fetched lives in the fetch log only: the documents hold nothing that
 # changes between two crawls of the same content, so the stages after crawl rerun only on new text
-RAW_SCHEMA = pa.schema([*DOC_SCHEMA, ("status", pa.int32()), ("final_url", pa.string())])
+# page_kind: what kind of page a document is where its source knows it (the embedded web: "api" for
+# pydoc's pages, "prose" for project pages), else null
+RAW_SCHEMA = pa.schema(
+    [*DOC_SCHEMA, ("page_kind", pa.string()), ("status", pa.int32()), ("final_url", pa.string())]
+)
 
 FETCH_LOG_SCHEMA = pa.schema(
     [
@@ -42,6 +59,7 @@ FETCH_LOG_SCHEMA = pa.schema(
         ("nbytes", pa.int64()),
         ("fetched_at", pa.float64()),
         ("fetch_s", pa.float64()),
+        ("truncated", pa.bool_()),  # cut at max_bytes (oversize: truncate)
     ]
 )
 
@@ -58,6 +76,7 @@ def raw_doc(source: str, role: str, url: str, text: str, content_type: str, **fe
         "url": url,
         "text": text,
         "content_type": content_type,
+        "page_kind": fetch.get("page_kind"),
         "status": fetch.get("status"),
         "final_url": fetch.get("final_url", url),
         "fetched_at": fetch.get("fetched_at", time.time()),
@@ -79,7 +98,7 @@ def read_http(
             {
                 "source": name, "url": f.url, "final_url": f.final_url, "status": f.status,
                 "content_type": f.content_type, "error": f.error, "depth": f.depth, "nbytes": f.nbytes,
-                "fetched_at": f.fetched_at, "fetch_s": f.fetch_s,
+                "fetched_at": f.fetched_at, "fetch_s": f.fetch_s, "truncated": f.truncated,
             }
         )  # fmt: skip
         if f.error is None and f.content is not None:
@@ -122,6 +141,9 @@ class PydocServer:
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
+            # pydoc's pages show os.environ (cgi, os): a bare environment keeps this process's
+            # variables (tokens, service URLs) out of the pages and so out of the corpus
+            env={"PATH": os.environ.get("PATH", ""), "LANG": "C.UTF-8"},
         )
         deadline = time.monotonic() + 30
         assert self.proc.stdout is not None
@@ -157,18 +179,241 @@ def pydoc_excludes(src: PydocSource) -> list[str]:
     return pats + list(src.exclude)
 
 
-def read_pydoc_source(name: str, src: PydocSource) -> tuple[list[dict], list[dict]]:
-    from pipeline.text.crawl import host_scope
-
-    with PydocServer(src.stdlib_only) as server:
+def read_pydoc_source(
+    name: str, src: PydocSource, split: DistSplit | None = None
+) -> tuple[list[dict], list[dict]]:
+    """Crawl the embedded web from its home page (pydoc's module index); every document is tagged
+    with its page kind."""
+    with EmbeddedWeb(src, split or DistSplit()) as web:
         opts = src.model_copy(update={"exclude": pydoc_excludes(src)})
-        docs, log = read_http(name, opts, [server.url], host_scope([server.url]))
+        # its own origin only: host scope ignores ports, and other loopback services are not the web
+        docs, log = read_http(name, opts, [web.url], lambda url: url.startswith(web.url))
     for d in docs:  # the port changes every run: key documents by path so ids are stable
         path = re.sub(r"^http://127\.0\.0\.1:\d+", "", d["url"])
         d["url"] = f"pydoc:{path}"
         d["final_url"] = "pydoc:" + re.sub(r"^http://127\.0\.0\.1:\d+", "", d.get("final_url") or "")
         d["id"] = doc_id(name, d["url"])
+        d["page_kind"] = page_kind(path)
     return docs, log
+
+
+# ------------------------------------------------------------------ the embedded web's project pages
+PROJECTS_PREFIX = "/projects/"
+
+
+def page_kind(path: str) -> str:
+    """'prose' for a project page of the embedded web, 'api' for pydoc's pages."""
+    return "prose" if path.startswith(PROJECTS_PREFIX) else "api"
+
+
+def dist_side(name: str, split: DistSplit) -> str:
+    """'web' or 'reference': the side of ``split`` a distribution's text belongs to, from a seeded
+    hash of its name, so the split is stable across runs and machines and never depends on order."""
+    digest = hashlib.sha256(f"{split.seed}\0{name.lower()}".encode()).digest()
+    return "web" if int.from_bytes(digest[:8], "big") < split.web_share * 2**64 else "reference"
+
+
+def installed_distributions() -> Iterator[tuple[str, Any]]:
+    """(lowercased name, distribution) of each installed distribution once, by name."""
+    from importlib import metadata
+
+    seen: set[str] = set()
+    for dist in sorted(metadata.distributions(), key=lambda d: (d.metadata["Name"] or "").lower()):
+        dname = (dist.metadata["Name"] or "").lower()
+        if dname and dname not in seen:
+            seen.add(dname)
+            yield dname, dist
+
+
+def readme(dist: Any) -> str:
+    """A distribution's long description (the body of its METADATA, or its Description field)."""
+    body = dist.metadata.get_payload() if hasattr(dist.metadata, "get_payload") else None
+    body = body or dist.metadata.get("Description") or ""
+    return body if isinstance(body, str) else ""
+
+
+@dataclass(frozen=True)
+class Project:
+    """One distribution on the web side of the split: the text and links of its project page."""
+
+    name: str
+    slug: str
+    version: str
+    summary: str
+    license: str
+    readme: str
+    requires: tuple[str, ...]  # slugs of its requirements that have a page too
+
+    @property
+    def path(self) -> str:
+        return f"{PROJECTS_PREFIX}{self.slug}.html"
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def web_projects(split: DistSplit, min_chars: int) -> list[Project]:
+    """The distributions whose READMEs become the embedded web's prose pages, by name."""
+    chosen = [
+        (dname, dist)
+        for dname, dist in installed_distributions()
+        if dist_side(dname, split) == "web" and len(readme(dist)) >= min_chars
+    ]
+    slugs = {_slug(d) for d, _ in chosen}
+    projects = []
+    for dname, dist in chosen:
+        reqs = [re.split(r"[\s;<>=!~\[(]", r, maxsplit=1)[0] for r in dist.requires or []]
+        md = dist.metadata
+        lic = md.get("License-Expression") or (md.get("License") or "").split("\n")[0][:80] or "its licence"
+        projects.append(
+            Project(
+                name=md["Name"], slug=_slug(dname), version=md.get("Version") or "", summary=md.get("Summary") or "",
+                license=lic, readme=readme(dist),
+                requires=tuple(dict.fromkeys(_slug(r) for r in reqs if _slug(r) in slugs and _slug(r) != _slug(dname))),
+            )
+        )  # fmt: skip
+    return projects
+
+
+def render_markup(text: str) -> str:
+    """A README as HTML, the way an index renders it: Markdown (CommonMark and tables; raw HTML in
+    it passes through). reST underlined titles come out as headings, literal blocks as code."""
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark", {"html": True}).enable("table").render(text)
+
+
+def _ranked(key: str, projects: list[Project], k: int) -> list[Project]:
+    """``k`` projects picked for ``key`` by hash: a fixed, evenly spread choice of cross-links."""
+    return sorted(projects, key=lambda p: hashlib.sha1(f"{key}\0{p.slug}".encode()).digest())[:k]
+
+
+def project_page(i: int, projects: list[Project]) -> str:
+    """Project ``i``'s page: the README between a site header with navigation, a sidebar of related
+    projects and a footer, the boilerplate a real project index puts around every page."""
+    from html import escape as e
+
+    p = projects[i]
+    prev, nxt = projects[i - 1], projects[(i + 1) % len(projects)]
+    by_slug = {q.slug: q for q in projects}
+    related = [by_slug[s] for s in p.requires] + [q for q in _ranked(p.slug, projects, 5) if q is not p]
+    related = list(dict.fromkeys(related))[:6]
+    items = "".join(f'<li><a href="{q.path}">{e(q.name)}</a> {e(q.summary)}</li>' for q in related)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{e(p.name)} {e(p.version)} | project pages</title>
+<meta name="description" content="{e(p.summary)}"></head>
+<body>
+<header class="site-header"><a class="logo" href="/">Python on this machine</a>
+<nav><ul><li><a href="/">Module index</a></li><li><a href="{prev.path}">&larr; {e(prev.name)}</a></li>
+<li><a href="{nxt.path}">{e(nxt.name)} &rarr;</a></li><li><a href="/search?key=">Search</a></li></ul></nav>
+</header>
+<main><article class="project-description">
+<h1>{e(p.name)} {e(p.version)}</h1>
+<p class="summary">{e(p.summary)}</p>
+{render_markup(p.readme)}
+</article>
+<aside class="sidebar"><h2>Related projects</h2><ul>{items}</ul></aside>
+</main>
+<footer class="site-footer"><p>{e(p.name)} is distributed under {e(p.license)}. This page was generated
+from the package metadata of an installed distribution.</p>
+<p><a href="/">Module index</a> | <a href="{prev.path}">Previous project</a> | <a href="{nxt.path}">Next
+project</a> | Served from 127.0.0.1</p></footer>
+</body></html>
+"""
+
+
+def featured_bar(path: str, projects: list[Project], k: int = 2) -> str:
+    """The site bar put at the top of each of pydoc's pages: links into the project pages."""
+    from html import escape as e
+
+    links = " &middot; ".join(f'<a href="{p.path}">{e(p.name)}</a>' for p in _ranked(path, projects, k))
+    return f'<div class="site-bar"><a href="/">Home</a> | Projects: {links}</div>'
+
+
+class EmbeddedWeb:
+    """The embedded offline web on one loopback port: pydoc's pages (passed through from
+    :class:`PydocServer`, each with a site bar linking to project pages) and the project pages of
+    the web side of the distributions, so a crawl from the home page finds both kinds by links."""
+
+    def __init__(self, src: PydocSource, split: DistSplit):
+        self.src, self.split = src, split
+        self.pydoc = PydocServer(src.stdlib_only)
+        self.projects: list[Project] = []
+        self.index: dict[str, int] = {}
+        self.cache: dict[str, bytes] = {}
+        self.lock = threading.Lock()  # pydoc answers one request at a time
+        self.httpd: ThreadingHTTPServer | None = None
+        self.url = ""
+
+    def __enter__(self) -> EmbeddedWeb:
+        if self.src.prose_pages:
+            self.projects = web_projects(self.split, self.src.prose_min_chars)
+            self.index = {p.path: i for i, p in enumerate(self.projects)}
+        self.pydoc.__enter__()
+        try:
+            self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+            self.httpd.daemon_threads = True
+            threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        except BaseException:
+            self.pydoc.__exit__(None, None, None)
+            raise
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.httpd is not None:
+            self.httpd.shutdown()
+            self.httpd.server_close()
+        self.pydoc.__exit__(*exc)
+
+    def get(self, path: str) -> tuple[int, str, bytes]:
+        """(status, content type, body) for a GET of ``path``."""
+        if path in self.index:
+            if path not in self.cache:
+                self.cache[path] = project_page(self.index[path], self.projects).encode("utf-8")
+            return 200, "text/html; charset=utf-8", self.cache[path]
+        if path.startswith(PROJECTS_PREFIX):
+            return 404, "text/plain; charset=utf-8", b"no such project page\n"
+        return self._pydoc(path)
+
+    def _pydoc(self, path: str) -> tuple[int, str, bytes]:
+        import http.client
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(self.pydoc.url)
+        with self.lock:
+            conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=self.src.timeout_s)
+            try:
+                conn.request("GET", path)
+                resp = conn.getresponse()
+                status, ctype, body = resp.status, resp.getheader("Content-Type") or "", resp.read()
+            finally:
+                conn.close()
+        if status == 200 and ctype.startswith("text/html") and self.projects:
+            bar = featured_bar(path, self.projects).encode("utf-8")
+            m = re.search(rb"<body[^>]*>", body, re.I)
+            body = body[: m.end()] + bar + body[m.end() :] if m else bar + body
+        return status, ctype, body
+
+
+def _handler(web: EmbeddedWeb) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the http.server hook's name
+            try:
+                status, ctype, body = web.get(self.path)
+            except OSError:
+                status, ctype, body = 502, "text/plain; charset=utf-8", b"pydoc did not answer\n"
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the hook's signature
+            pass  # the crawl keeps its own fetch log
+
+    return Handler
 
 
 # ------------------------------------------------------------------------------------------------ WARC
@@ -523,19 +768,15 @@ def python_topics() -> Iterator[tuple[str, str]]:
 LICENSE_RE = re.compile(r"(^|/)(LICEN[CS]E|COPYING|NOTICE|AUTHORS)[^/]*$", re.I)
 
 
-def python_distributions(min_chars: int) -> Iterator[tuple[str, str]]:
-    """READMEs (the long description in METADATA) and licence files of installed distributions."""
-    from importlib import metadata
-
-    seen: set[str] = set()
-    for dist in sorted(metadata.distributions(), key=lambda d: (d.metadata["Name"] or "").lower()):
-        dname = (dist.metadata["Name"] or "").lower()
-        if not dname or dname in seen:
+def python_distributions(min_chars: int, split: DistSplit | None = None) -> Iterator[tuple[str, str]]:
+    """READMEs (the long description in METADATA) and licence files of installed distributions on
+    the reference side of ``split``: the web side's READMEs are the embedded web's prose pages."""
+    split = split or DistSplit()
+    for dname, dist in installed_distributions():
+        if dist_side(dname, split) != "reference":
             continue
-        seen.add(dname)
-        body = dist.metadata.get_payload() if hasattr(dist.metadata, "get_payload") else None
-        body = body or dist.metadata.get("Description") or ""
-        if isinstance(body, str) and len(body) >= min_chars:
+        body = readme(dist)
+        if len(body) >= min_chars:
             yield f"{dname}/README", body
         for f in dist.files or []:
             if LICENSE_RE.search(str(f)):
@@ -547,13 +788,13 @@ def python_distributions(min_chars: int) -> Iterator[tuple[str, str]]:
                     yield f"{dname}/{f}", text
 
 
-def read_python_docs_source(name: str, src: PythonDocsSource) -> list[dict]:
+def read_python_docs_source(name: str, src: PythonDocsSource, split: DistSplit | None = None) -> list[dict]:
     if src.part == "topics":
         items = ((k, v) for k, v in python_topics() if len(v) >= src.min_chars)
     elif src.part == "docstrings":
         items = python_docstrings(src.min_chars)
     else:
-        items = python_distributions(src.min_chars)
+        items = python_distributions(src.min_chars, split)
     docs = []
     for key, text in items:
         docs.append(raw_doc(name, src.role, f"python:{src.part}/{key}", text, "text/plain"))
@@ -562,12 +803,15 @@ def read_python_docs_source(name: str, src: PythonDocsSource) -> list[dict]:
     return docs
 
 
-def read_source(name: str, src: Any, root: Path) -> tuple[list[dict], list[dict]]:
-    """Documents and fetch log for one configured source."""
+def read_source(
+    name: str, src: Any, root: Path, split: DistSplit | None = None
+) -> tuple[list[dict], list[dict]]:
+    """Documents and fetch log for one configured source; ``split`` (crawl.dist_split) deals the
+    installed distributions between the embedded web and the reference source."""
     if isinstance(src, HttpSource):
         return read_http_source(name, src)
     if isinstance(src, PydocSource):
-        return read_pydoc_source(name, src)
+        return read_pydoc_source(name, src, split)
     if isinstance(src, WarcSource):
         return read_warc_source(name, src, root), []
     if isinstance(src, FilesSource):
@@ -575,5 +819,5 @@ def read_source(name: str, src: Any, root: Path) -> tuple[list[dict], list[dict]
     if isinstance(src, HfSource):
         return read_hf_source(name, src, root), []
     if isinstance(src, PythonDocsSource):
-        return read_python_docs_source(name, src), []
+        return read_python_docs_source(name, src, split), []
     raise LineageError(f"crawl.sources.{name}.kind: unknown kind {getattr(src, 'kind', '?')!r}")
