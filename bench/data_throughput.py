@@ -115,8 +115,9 @@ def bench_clean(params: Any, data: Path, repeats: int, max_docs: int | None) -> 
     def bare() -> None:
         for d in docs:
             trafilatura.extract(
-                d["text"], include_comments=False, include_tables=True, favor_recall=True, deduplicate=False
-            )
+                d["text"], include_comments=False, include_tables=cfg.include_tables,
+                favor_recall=cfg.focus == "recall", favor_precision=cfg.focus == "precision", deduplicate=False,
+            )  # fmt: skip
 
     for d in docs[:20]:  # warm-up: imports, lazily built models (py3langid), trafilatura's caches
         clean_doc(d, cfg)
