@@ -233,6 +233,23 @@ def test_next_passage_choices_are_short_endings_joined_to_the_context_never_docu
     assert all(len(c.split()) == 10 for it in whole for c in it["choices"])
 
 
+def test_source_items_take_a_few_passages_per_document_so_one_long_page_cannot_fill_a_side():
+    from collections import Counter
+
+    from pipeline.eval.embedded import source_items
+
+    long_doc = {"id": "long", "source": "ref", "text": " ".join(f"w{k}" for k in range(2000))}
+    short = [
+        {"id": f"s{i}", "source": "web", "text": " ".join(f"v{i}x{k}" for k in range(20))} for i in range(5)
+    ]
+    items = source_items([long_doc, *short], ["ref", "web"], 10, 1000, random.Random(0), per_doc=4)
+    per_doc = Counter(it["doc"] for it in items)
+    assert per_doc["long"] == 4 and all(per_doc[f"s{i}"] == 2 for i in range(5))
+    assert {it["label"] for it in items if it["doc"] == "long"} == {0}
+    again = source_items([long_doc, *short], ["ref", "web"], 10, 1000, random.Random(0), per_doc=4)
+    assert again == items  # seeded
+
+
 def test_separated_needs_the_pretrained_interval_above_the_random_init_interval():
     from stages.finetune import _separated
 

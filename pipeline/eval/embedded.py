@@ -66,15 +66,21 @@ def _by_doc(docs: list[Doc], n_words: int) -> list[tuple[Doc, list[str]]]:
     return [(d, p) for d in docs if (p := passages(d["text"], n_words))]
 
 
+SOURCE_PASSAGES_PER_DOC = 4
+
+
 def source_items(
-    docs: list[Doc], sources: list[str], n_words: int, cap: int, rng: random.Random
-) -> list[dict]:
-    items = [
-        {"text": p, "label": sources.index(d["source"]), "doc": d["id"]}
-        for d, ps in _by_doc(docs, n_words)
-        for p in ps
-        if d["source"] in sources
-    ]
+    docs: list[Doc], sources: list[str], n_words: int, cap: int, rng: random.Random,
+    per_doc: int = SOURCE_PASSAGES_PER_DOC,
+) -> list[dict]:  # fmt: skip
+    """Passages labelled with their source, at most ``per_doc`` from one document: a few long
+    documents (a language-reference chapter, an API page) would otherwise make up most of one side
+    of the split and teach or test the length of one page rather than its source."""
+    items = []
+    for d, ps in _by_doc(docs, n_words):
+        if d["source"] in sources:
+            chosen = ps if len(ps) <= per_doc else rng.sample(ps, per_doc)
+            items += [{"text": p, "label": sources.index(d["source"]), "doc": d["id"]} for p in chosen]
     return _cap(items, cap, rng)
 
 
