@@ -227,7 +227,30 @@ def cmd_status(_: argparse.Namespace) -> int:
     for p in stale:
         print(f"lineage: {p.relative_to(root)} was left by a killed run (removed when any stage next starts)")
     rc = subprocess.call(["dvc", "status"], env=env)
-    return rc or subprocess.call(["dvc", "metrics", "show"], env=env)
+    if rc == 0:
+        print(headline_table(root))
+    return rc
+
+
+def headline_table(root: Path, width: int = 110) -> str:
+    """The headline metrics of each stage (metrics/<stage>.json) in DAG order, one stage per
+    paragraph, wrapped to ``width``: what `dvc metrics show` puts in one very wide row each."""
+    import textwrap
+
+    import yaml
+
+    stages = list(yaml.safe_load((root / "dvc.yaml").read_text()).get("stages", {}))
+    lines = []
+    for stage in stages:
+        path = root / "metrics" / f"{stage}.json"
+        try:
+            values = json.loads(path.read_text())
+        except (OSError, ValueError):
+            lines.append(f"{stage:<13} not run")
+            continue
+        shown = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+        lines += textwrap.wrap(shown, width, initial_indent=f"{stage:<13} ", subsequent_indent=" " * 14)
+    return "\n".join(lines)
 
 
 def cmd_ui(args: argparse.Namespace) -> int:

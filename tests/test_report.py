@@ -87,3 +87,18 @@ def test_lineage_report_prints_the_path(tmp_path):
     (tmp_path / "data" / "report" / "report.html").write_text("<html></html>")
     found = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert found.returncode == 0 and found.stdout.strip() == str(tmp_path / "data" / "report" / "report.html")
+
+
+def test_lineage_status_lists_headline_metrics_per_stage_within_the_width_and_marks_stages_not_run(tmp_path):
+    from pipeline.cli import headline_table
+
+    (tmp_path / "dvc.yaml").write_text("stages:\n  crawl: {cmd: a}\n  pretrain: {cmd: b}\n  ppo: {cmd: c}\n")
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "crawl.json").write_text('{"pages": 1074, "crawl_docs": 1752}')
+    many = {f"bpb/source_{i}": 2.0 + i / 7 for i in range(12)}
+    (tmp_path / "metrics" / "pretrain.json").write_text(json.dumps(many))
+    out = headline_table(tmp_path, width=80).splitlines()
+    assert out[0] == "crawl         pages=1074  crawl_docs=1752"
+    assert out[1].startswith("pretrain      bpb/source_0=2  ") and len(out) > 3
+    assert all(len(line) <= 80 for line in out)
+    assert out[-1] == "ppo           not run"
