@@ -115,6 +115,9 @@ def body(ctx: StageContext) -> dict[str, Any]:
         train_ex = encode_items(task.form, task.train, encode, sp, max_len, task.regression)
         test_ex = encode_items(task.form, task.test, encode, sp, max_len, task.regression)
         res: dict[str, Any] = {"n_train": len(train_ex), "n_test": len(test_ex), "train": {}}
+        data_key = hashlib.sha256(json.dumps(task.train, sort_keys=True, default=str).encode()).hexdigest()[
+            :12
+        ]
         preds: dict[str, Any] = {
             "i": np.arange(len(test_ex)),
             "gold": np.array([it["label"] for it in task.test]),
@@ -128,8 +131,10 @@ def body(ctx: StageContext) -> dict[str, Any]:
                         {"step": step, "run": f"{_t}/{_v}", "loss": round(metrics["train/loss"], 5)}
                     )
 
+            # the file also names the task's training items: new data (another mix, another way of
+            # building the items) starts a new run instead of meeting a checkpoint it cannot resume
             r = train_variant(pretrained, layers, task, train_ex, test_ex, cfg, seed, device,
-                              ckpt_dir / f"{task.name}-{variant}.pt", log)  # fmt: skip
+                              ckpt_dir / f"{task.name}-{variant}-{data_key}.pt", log)  # fmt: skip
             model, pred = r["model"], r["pred"]
             res[variant] = r["metrics"]
             res["train"][variant] = r["train"]
