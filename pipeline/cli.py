@@ -202,11 +202,12 @@ def transpose_experiments(csv_text: str) -> str:
     return "\n".join(line.rstrip() for line in lines) + "\n"
 
 
-def _short(value: str) -> str:
+def _short(value: str, width: int = 24) -> str:
+    """A number to 5 significant digits; any other value (a list of tasks, a path) cut to ``width``."""
     try:
         f = float(value)
     except ValueError:
-        return value or "-"
+        return value if len(value) <= width else value[: width - 3] + "..." if value else "-"
     return f"{f:.5g}"
 
 

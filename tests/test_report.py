@@ -102,3 +102,22 @@ def test_lineage_status_lists_headline_metrics_per_stage_within_the_width_and_ma
     assert out[1].startswith("pretrain      bpb/source_0=2  ") and len(out) > 3
     assert all(len(line) <= 80 for line in out)
     assert out[-1] == "ppo           not run"
+
+
+def test_lineage_exp_puts_experiments_side_by_side_and_cuts_long_values():
+    from pipeline.cli import transpose_experiments
+
+    tasks = "['cloze', 'next_passage', 'arithmetic_2da', 'arithmetic_2ds', 'arithmetic_3da']"
+    csv_text = (
+        "Experiment,rev,typ,Created,evaluate.tasks,pretrain.n_layer,val_loss\n"
+        f',workspace,baseline,,"{tasks}",4,5.23231\n'
+        f',main,baseline,2026-11-27,"{tasks}",4,5.23231\n'
+        "bumpy-tans,abc123,branch_base,2026-11-27,\"['cloze']\",2,5.70041\n"
+    )
+    lines = transpose_experiments(csv_text).splitlines()
+    assert lines[0].split() == ["workspace", "main", "bumpy-tans"]
+    assert lines[1].startswith("evaluate.tasks") and "['cloze', 'next_passa..." in lines[1]
+    assert lines[1].endswith("['cloze']")
+    assert lines[2].split() == ["pretrain.n_layer", "4", "4", "2"]
+    assert lines[3].split() == ["val_loss", "5.2323", "5.2323", "5.7004"]
+    assert max(map(len, lines)) <= 120
