@@ -190,8 +190,10 @@ def transpose_experiments(csv_text: str) -> str:
     if not rows:
         return "no experiments to show\n"
     meta = {"Experiment", "rev", "typ", "Created", "parent", "State", "Executor"}
-    names = [r["Experiment"] or r["rev"] for r in rows]
+    names = [r.get("Experiment") or r.get("rev") or "?" for r in rows]
     keys = [k for k in rows[0] if k not in meta]
+    if not keys:
+        return f"no param or metric differs between {', '.join(names)}\n"
     keys.sort(key=lambda k: "." not in k)  # params (section.key) first, then metrics in stage order
     table = [["", *names]] + [[k, *(_short(r.get(k, "")) for r in rows)] for k in keys]
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]

@@ -121,3 +121,5 @@ def test_lineage_exp_puts_experiments_side_by_side_and_cuts_long_values():
     assert lines[2].split() == ["pretrain.n_layer", "4", "4", "2"]
     assert lines[3].split() == ["val_loss", "5.2323", "5.2323", "5.7004"]
     assert max(map(len, lines)) <= 120
+    same = "rev,Created\nworkspace,\nmain,2026-11-27T15:29:50\n"  # no experiment, nothing changed
+    assert transpose_experiments(same) == "no param or metric differs between workspace, main\n"
