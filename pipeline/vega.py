@@ -51,7 +51,7 @@ def tarball_url(name: str, version: str) -> str:
     return f"{REGISTRY}/{name}/-/{name}-{version}.tgz"
 
 
-def _download(url: str, timeout: float = 60.0) -> bytes:
+def _download(url: str, timeout: float = 15.0) -> bytes:
     with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - a fixed https URL
         return resp.read()
 
