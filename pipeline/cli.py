@@ -559,7 +559,7 @@ def main(argv: list[str] | None = None) -> int:
     run.set_defaults(fn=cmd_run)
     sub.add_parser(
         "status",
-        help="dvc status and dvc metrics show; names folders left by killed runs",
+        help="dvc status and each stage's headline metrics (metrics/); names folders left by killed runs",
         formatter_class=fmt,
     ).set_defaults(fn=cmd_status)
     ex = sub.add_parser(
