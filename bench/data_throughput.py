@@ -40,6 +40,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.common import machine, table, write_result  # noqa: E402 - after the path set-up above
+from bench.extraction import bag_prf, tokens  # noqa: E402
 
 WORDS_RE = re.compile(r"\w+")
 
@@ -279,19 +280,9 @@ def bench_minhash(params: Any, data: Path, repeats: int) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------- extraction quality
-def bag(text: str) -> Counter[str]:
-    return Counter(WORDS_RE.findall(text.lower()))
-
-
 def prf(pred: str, gold: str) -> tuple[float, float, float]:
     """Bag-of-words precision, recall, F1 (with counts); an empty prediction scores 0/0/0."""
-    p_bag, g_bag = bag(pred), bag(gold)
-    n_pred, n_gold = sum(p_bag.values()), sum(g_bag.values())
-    if not n_pred or not n_gold:
-        return 0.0, 0.0, 0.0
-    overlap = sum((p_bag & g_bag).values())
-    p, r = overlap / n_pred, overlap / n_gold
-    return p, r, (2 * p * r / (p + r) if p + r else 0.0)
+    return bag_prf(tokens(pred), tokens(gold))
 
 
 def bench_extraction(folder: Path) -> dict[str, Any]:
