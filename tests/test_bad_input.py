@@ -305,8 +305,11 @@ def test_ctrl_c_under_plain_dvc_repro_is_one_line_within_5_s_and_leaves_no_serve
     )  # fmt: skip
     bin_dir = Path(sys.executable).parent
     subprocess.run([str(bin_dir / "dvc"), "init", "--no-scm", "-q"], cwd=root, check=True, env=ENV)
+    # DVC runs a stage's cmd under $SHELL, else /bin/sh. bash execs a lone command, so DVC reports the
+    # stage's own exit status; dash stays as its parent and is killed by the same Ctrl-C (-2).
+    env = {**ENV, "SHELL": "/bin/bash"}
     proc = subprocess.Popen(
-        [str(bin_dir / "dvc"), "repro"], cwd=root, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [str(bin_dir / "dvc"), "repro"], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True, start_new_session=True,
     )  # fmt: skip
     ckpts = root / "checkpoints" / "pretrain"
