@@ -142,6 +142,37 @@ def run_worker(stage: str, body: Callable[[StageContext], dict[str, Any]], argv:
     return 0
 
 
+def launch(
+    stage: str,
+    body: Callable[[StageContext], dict[str, Any]],
+    headline: Sequence[str] = (),
+    argv: list[str] | None = None,
+) -> int:
+    """The entry point of a stage that can train on several devices: with ``<stage>.nproc_per_node``
+    above 1 it relaunches itself under torchrun (DDP); rank 0 then runs as :func:`main` does, the
+    other ranks with no flow, no tracking and their outputs discarded."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "RANK" not in os.environ:
+        params_path = Path(args[args.index("--params") + 1] if "--params" in args else "params.yaml")
+        root = Path(args[args.index("--root") + 1] if "--root" in args else ".")
+        try:
+            nproc = getattr(
+                load_params(params_path if params_path.is_absolute() else root / params_path), stage
+            ).nproc_per_node
+        except LineageError as e:
+            print(f"error: {stage}: {e}", file=sys.stderr)
+            return 1
+        if nproc > 1:
+            import subprocess
+
+            torchrun = Path(sys.executable).with_name("torchrun")
+            cmd = [str(torchrun), "--standalone", f"--nproc_per_node={nproc}", "-m", f"stages.{stage}", *args]
+            return subprocess.call(cmd)
+    if int(os.environ.get("RANK", 0)) != 0:
+        return run_worker(stage, body, args)
+    return main(stage, body, args, headline=headline)
+
+
 def make_dirs(root: Path, *names: str) -> None:
     """Create the output folders DVC tracks, so an empty result is an empty folder, not a missing one."""
     for name in names:

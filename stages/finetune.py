@@ -22,6 +22,7 @@ from pipeline.eval.config import EMBEDDED_TASKS, FinetuneConfig
 from pipeline.eval.task import Task
 from pipeline.io import write_csv, write_json, write_table
 from pipeline.stage import StageContext, main
+from pipeline.train.checkpoint import run_key
 
 HEADLINE = [
     "ft/*=tasks/*/pretrained/acc/value", "rand/*=tasks/*/random_init/acc/value",
@@ -29,14 +30,6 @@ HEADLINE = [
 ]  # fmt: skip
 # settings that do not change what is learned
 NOT_IN_RUN_KEY = {"eval_interval", "checkpoint_interval", "resume", "device", "random_init", "zero_shot"}
-
-
-def run_key(cfg: FinetuneConfig, seed: int, model_dir: Path, tokenizer_file: Path) -> str:
-    settings = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in NOT_IN_RUN_KEY}
-    h = hashlib.sha256(json.dumps({"cfg": settings, "seed": seed}, sort_keys=True).encode())
-    h.update((model_dir / "model.safetensors").read_bytes())
-    h.update(tokenizer_file.read_bytes())
-    return h.hexdigest()[:16]
 
 
 def build_tasks(ctx: StageContext, cfg: FinetuneConfig, seed: int) -> list[Task]:
@@ -105,7 +98,8 @@ def body(ctx: StageContext) -> dict[str, Any]:
         "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
     )
     tasks = build_tasks(ctx, cfg, seed)
-    ckpt_dir = ctx.root / "checkpoints" / "finetune" / run_key(cfg, seed, model_dir, tok_file)
+    key = run_key(cfg, seed, NOT_IN_RUN_KEY, [model_dir / "model.safetensors", tok_file])
+    ckpt_dir = ctx.root / "checkpoints" / "finetune" / key
     variants = [("pretrained", cfg.layers_transferred)] + ([("random_init", 0)] if cfg.random_init else [])
 
     out: dict[str, Any] = {"tasks": {}}

@@ -17,16 +17,15 @@ Writes ``model/`` (the kept policy: safetensors + config.json + chat.json), ``ev
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
 import sys
-from pathlib import Path
 from typing import Any
 
 from pipeline.errors import LineageError
 from pipeline.stage import StageContext, main
+from pipeline.train.checkpoint import run_key
 
 HEADLINE = [
     "ppo_win_rate=eval/greedy/win_rate/ppo_vs_sft/value", "ppo_win_rate_sampled=eval/sampled/win_rate/ppo_vs_sft/value",
@@ -37,15 +36,6 @@ HEADLINE = [
 ]  # fmt: skip
 # settings that change neither the trained weights nor which ones are kept (val_prompts does: it picks them)
 NOT_IN_RUN_KEY = {"eval_interval", "checkpoint_interval", "resume", "device", "test_prompts", "tax_windows"}
-
-
-def run_key(ctx: StageContext, files: list[Path]) -> str:
-    cfg = ctx.params.ppo
-    settings = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in NOT_IN_RUN_KEY}
-    h = hashlib.sha256(json.dumps({"cfg": settings, "seed": ctx.params.common.seed}, sort_keys=True).encode())
-    for f in files:
-        h.update(f.read_bytes())
-    return h.hexdigest()[:16]
 
 
 def body(ctx: StageContext) -> dict[str, Any]:
@@ -116,8 +106,9 @@ def body(ctx: StageContext) -> dict[str, Any]:
     if cfg.ptx_coef > 0:
         batches = TrainBatches(open_tokens(tok_dir, "train"), block, cfg.ptx_batch_size, seed)
         ptx = lambda u: batches.get(u, 0)  # noqa: E731
-    key = run_key(ctx, [sft_dir / "model.safetensors", rm_dir / "model.safetensors", rm_dir / "reward_head.safetensors",
-                        tok_file, inst / "ppo.jsonl", inst / "eval.jsonl"])  # fmt: skip
+    inputs = [sft_dir / "model.safetensors", rm_dir / "model.safetensors", rm_dir / "reward_head.safetensors",
+              tok_file, inst / "ppo.jsonl", inst / "eval.jsonl"]  # fmt: skip
+    key = run_key(ctx.params.ppo, ctx.params.common.seed, NOT_IN_RUN_KEY, inputs)
     ckpt_dir = ctx.root / "checkpoints" / "ppo" / key
     ckpt_dir.mkdir(parents=True, exist_ok=True)
 

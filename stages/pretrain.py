@@ -7,21 +7,19 @@ DVC clears before a run), so `dvc repro` after a kill continues where it stopped
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from pipeline.config import PretrainConfig, load_params
+from pipeline.config import PretrainConfig
 from pipeline.errors import LineageError
 from pipeline.io import write_csv
 from pipeline.model.gpt import GPT, GPTConfig
-from pipeline.stage import StageContext, main
+from pipeline.stage import StageContext
+from pipeline.stage import launch as stage_launch
+from pipeline.train.checkpoint import run_key
 from pipeline.train.loop import Trainer, measure_peak_flops, setup_distributed
 
 # settings that do not change what is learned: a checkpoint made under other values still applies
@@ -46,16 +44,6 @@ def model_config(cfg: PretrainConfig, vocab_size: int) -> GPTConfig:
         arch=cfg.arch, vocab_size=vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
         n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias, window=cfg.window,
     )  # fmt: skip
-
-
-def run_key(cfg: PretrainConfig, seed: int, tok_dir: Path) -> str:
-    """Identifies a training run: same key, same checkpoint lineage."""
-    settings = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in NOT_IN_RUN_KEY}
-    h = hashlib.sha256(json.dumps({"cfg": settings, "seed": seed}, sort_keys=True).encode())
-    h.update((tok_dir / "tokenizer.json").read_bytes())
-    h.update((tok_dir / "meta.json").read_bytes())  # token counts per split and source
-    h.update(str((tok_dir / "train.bin").stat().st_size).encode())
-    return h.hexdigest()[:16]
 
 
 def make_sampler(ctx: StageContext, tokenizer: Any, cfg: PretrainConfig, device: torch.device):
@@ -107,7 +95,9 @@ def body(ctx: StageContext) -> dict[str, Any]:
     }
     dist, device = setup_distributed(cfg.device)
     tokenizer = load_tokenizer(tok_dir / "tokenizer.json")
-    checkpoint = ctx.root / "checkpoints" / "pretrain" / run_key(cfg, seed, tok_dir) / "ckpt.pt"
+    size = str((tok_dir / "train.bin").stat().st_size)
+    key = run_key(cfg, seed, NOT_IN_RUN_KEY, [tok_dir / "tokenizer.json", tok_dir / "meta.json", size])
+    checkpoint = ctx.root / "checkpoints" / "pretrain" / key / "ckpt.pt"
     if dist.main:  # the run's tokenizer and shape travel with its checkpoints (`lineage checkpoints`)
         from pipeline.io import write_json
 
@@ -180,27 +170,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
 
 
 def launch(argv: list[str] | None = None) -> int:
-    """Entry point: relaunch under torchrun when asked, run non-zero ranks without tracking."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if "RANK" not in os.environ:
-        params_path = Path(args[args.index("--params") + 1] if "--params" in args else "params.yaml")
-        root = Path(args[args.index("--root") + 1] if "--root" in args else ".")
-        try:
-            nproc = load_params(
-                params_path if params_path.is_absolute() else root / params_path
-            ).pretrain.nproc_per_node
-        except LineageError as e:
-            print(f"error: pretrain: {e}", file=sys.stderr)
-            return 1
-        if nproc > 1:
-            torchrun = Path(sys.executable).with_name("torchrun")
-            cmd = [str(torchrun), "--standalone", f"--nproc_per_node={nproc}", "-m", "stages.pretrain", *args]
-            return subprocess.call(cmd)
-    if int(os.environ.get("RANK", 0)) != 0:
-        from pipeline.stage import run_worker
-
-        return run_worker("pretrain", body, args)
-    return main("pretrain", body, args, headline=HEADLINE)
+    return stage_launch("pretrain", body, HEADLINE, argv)
 
 
 if __name__ == "__main__":

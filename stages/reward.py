@@ -14,14 +14,14 @@ tokenizer: the model refuses to load with another) and ``plots/``. Resumable.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import sys
 from typing import Any
 
 from pipeline.errors import LineageError
-from pipeline.stage import StageContext, main
+from pipeline.stage import StageContext, launch
+from pipeline.train.checkpoint import run_key
 
 HEADLINE = [
     "rm_val_acc=val/pair_acc", "rm_val_gold_acc=val/gold_pair_acc", "rm_val_top1=val/top1",
@@ -42,7 +42,6 @@ def body(ctx: StageContext) -> dict[str, Any]:
     from pipeline.model.reward import RewardModel, check_tokenizer, save_reward_model, tokenizer_sha256
     from pipeline.tokenizer import load_tokenizer
     from pipeline.train.instruct import (
-        device_for,
         ranked_group,
         ranking_metrics,
         response_ids,
@@ -52,6 +51,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
         shuffled_batches,
         supervised_config,
     )  # fmt: skip
+    from pipeline.train.loop import setup_distributed
     from pipeline.train.supervised import SupervisedTrainer
 
     cfg, seed = ctx.params.reward, ctx.params.common.seed
@@ -71,7 +71,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
             raise LineageError(
                 f"data/comparisons/comparisons.jsonl: record {i} has K={len(r['responses'])}; K >= 2"
             )
-    device = device_for(cfg.device)
+    dist, device = setup_distributed(cfg.device)
 
     # hold out whole prompts: every pair of a held-out prompt is unseen
     order = list(range(len(rows)))
@@ -92,11 +92,9 @@ def body(ctx: StageContext) -> dict[str, Any]:
 
     torch.manual_seed(seed)  # the head's initialisation: torch's own default seed differs per process
     model = RewardModel(sft)
-    settings = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in NOT_IN_RUN_KEY}
-    h = hashlib.sha256(json.dumps({"cfg": settings, "seed": seed}, sort_keys=True).encode())
-    for f in (sft_dir / "model.safetensors", tok_file, ctx.input("comparisons", "comparisons.jsonl")):
-        h.update(f.read_bytes())
-    ckpt = ctx.root / "checkpoints" / "reward" / h.hexdigest()[:16] / "ckpt.pt"
+    key = run_key(cfg, seed, NOT_IN_RUN_KEY,
+                  [sft_dir / "model.safetensors", tok_file, ctx.input("comparisons", "comparisons.jsonl")])  # fmt: skip
+    ckpt = ctx.root / "checkpoints" / "reward" / key / "ckpt.pt"
 
     def evaluate(m: torch.nn.Module) -> dict[str, float]:
         rewards = score_groups(m, val_groups, cfg.batch_size, device)
@@ -107,9 +105,11 @@ def body(ctx: StageContext) -> dict[str, Any]:
     sup = supervised_config(cfg)
     trainer = SupervisedTrainer(
         model, reward_loss, shuffled_batches(train_groups, cfg.batch_size, seed, reward_batch), sup, seed=seed,
-        device=device, checkpoint=ckpt, evaluate=evaluate, log=log,
+        device=device, checkpoint=ckpt, evaluate=evaluate, log=log, dist=dist,
     )  # fmt: skip
     result = trainer.run()
+    if not dist.main:  # under torchrun, rank 0 alone evaluates and writes the outputs
+        return {}
     model.eval()
 
     # bias shift: the SFT demonstrations (prompt + reference answer) score 0 on average
@@ -174,7 +174,8 @@ def body(ctx: StageContext) -> dict[str, Any]:
                             for i, k in enumerate(g["ranks"]) if k == max(g["ranks"])]),
             "demo_std": _std([d - shift for d in demo_rewards]),
         },
-        "perf": {"train_s": result["train_s"], "resumed_from_step": trainer.resumed_from, "device": str(device)},
+        "perf": {"train_s": result["train_s"], "resumed_from_step": trainer.resumed_from, "device": str(device),
+                 "world_size": dist.world_size},
     }  # fmt: skip
 
 
@@ -188,4 +189,4 @@ def _std(xs: list[float]) -> float:
 
 
 if __name__ == "__main__":
-    sys.exit(main("reward", body, headline=HEADLINE))
+    sys.exit(launch("reward", body, HEADLINE))

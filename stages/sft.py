@@ -12,15 +12,14 @@ judgement), ``samples.md`` and ``plots/``. Resumable from checkpoints/sft/<run k
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import sys
-from pathlib import Path
 from typing import Any
 
 from pipeline.errors import LineageError
-from pipeline.stage import StageContext, main
+from pipeline.stage import StageContext, launch
+from pipeline.train.checkpoint import run_key
 
 HEADLINE = [
     "sft_exact=eval/sft/exact/value", "sft_score=eval/sft/score", "fewshot_exact=eval/fewshot/exact/value",
@@ -28,15 +27,6 @@ HEADLINE = [
     "sft_ended=eval/sft/ended", "sft_harmless=eval/sft/harmless", "sft_honest=eval/sft/honest",
 ]  # fmt: skip
 NOT_IN_RUN_KEY = {"eval_interval", "checkpoint_interval", "resume", "device", "eval_prompts", "fewshot"}
-
-
-def run_key(ctx: StageContext, files: list[Path]) -> str:
-    cfg = ctx.params.sft
-    settings = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in NOT_IN_RUN_KEY}
-    h = hashlib.sha256(json.dumps({"cfg": settings, "seed": ctx.params.common.seed}, sort_keys=True).encode())
-    for f in files:
-        h.update(f.read_bytes())
-    return h.hexdigest()[:16]
 
 
 def body(ctx: StageContext) -> dict[str, Any]:
@@ -52,13 +42,13 @@ def body(ctx: StageContext) -> dict[str, Any]:
     from pipeline.model.reward import tokenizer_sha256
     from pipeline.tokenizer import load_tokenizer
     from pipeline.train.instruct import (
-        device_for,
         encode_demonstrations,
         generate,
         sft_batch,
         shuffled_batches,
         supervised_config,
     )  # fmt: skip
+    from pipeline.train.loop import setup_distributed
     from pipeline.train.supervised import SupervisedTrainer, lm_loss
 
     cfg, seed = ctx.params.sft, ctx.params.common.seed
@@ -72,7 +62,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
     if not demos:
         raise LineageError("data/instructions/sft.jsonl: no demonstrations; raise instructions.sizes.sft")
     block = pretrained.config.block_size
-    device = device_for(cfg.device)
+    dist, device = setup_distributed(cfg.device)
 
     # a held-out slice of the SFT split for the validation loss (the eval split is for answers)
     order = list(range(len(demos)))
@@ -93,7 +83,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
 
     model = GPT(GPTConfig.from_dict({**pretrained.config.to_dict(), "dropout": cfg.dropout}))
     model.load_state_dict(pretrained.state_dict())
-    key = run_key(ctx, [model_dir / "model.safetensors", tok_file, inst / "sft.jsonl"])
+    key = run_key(cfg, seed, NOT_IN_RUN_KEY, [model_dir / "model.safetensors", tok_file, inst / "sft.jsonl"])
     ckpt_dir = ctx.root / "checkpoints" / "sft" / key
     best_file = ckpt_dir / "best.json"
     best = json.loads(best_file.read_text()) if cfg.resume and best_file.is_file() else {"loss": float("inf")}
@@ -126,9 +116,11 @@ def body(ctx: StageContext) -> dict[str, Any]:
     sup = supervised_config(cfg)
     batches = shuffled_batches(train_items, cfg.batch_size, seed, sft_batch)
     trainer = SupervisedTrainer(model, lm_loss, batches, sup, seed=seed, device=device,
-                                checkpoint=ckpt_dir / "ckpt.pt", evaluate=evaluate, log=log)  # fmt: skip
+                                checkpoint=ckpt_dir / "ckpt.pt", evaluate=evaluate, log=log, dist=dist)  # fmt: skip
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     result = trainer.run()
+    if not dist.main:  # under torchrun, rank 0 alone evaluates and writes the outputs
+        return {}
 
     best_weights = load_model(ckpt_dir / "best") if (ckpt_dir / "best").is_dir() else model
     final = GPT(pretrained.config).to(device).eval()  # the pretrained config: dropout as pretraining had it
@@ -171,7 +163,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
         "val": {"best_loss": best["loss"], "best_step": best.get("step", -1), "last_loss": result.get("val/loss")},
         "eval": {"sft": sft_summary, "fewshot": {**base_summary, "shots": shots_used}},
         "perf": {"train_s": result["train_s"], "examples_per_s": result["examples_per_s"],
-                 "resumed_from_step": trainer.resumed_from, "device": str(device)},
+                 "resumed_from_step": trainer.resumed_from, "device": str(device), "world_size": dist.world_size},
     }  # fmt: skip
 
 
@@ -231,4 +223,4 @@ def samples_md(
 
 
 if __name__ == "__main__":
-    sys.exit(main("sft", body, headline=HEADLINE))
+    sys.exit(launch("sft", body, HEADLINE))

@@ -92,6 +92,8 @@ class TrainSection(Section):
     resume: bool = True
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    nproc_per_node: int = Field(1, ge=1)  # > 1: the stage relaunches itself under torchrun (DDP);
+    # batch_size is per process, so the global batch grows with it
 
 
 class SftConfig(TrainSection):

@@ -7,13 +7,28 @@ previous checkpoint intact.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from pipeline.errors import LineageError
+
+
+def run_key(section: Any, seed: int, exclude: Iterable[str], inputs: Iterable[Path | str]) -> str:
+    """Names a training run's checkpoint folder: a hash of the params ``section`` (a pydantic model)
+    less the settings in ``exclude`` that do not change what is learned, the seed, and its inputs
+    (a file's bytes, or a string). Same key, same run: a killed run resumes, a changed one starts over."""
+    skip = set(exclude)
+    settings = {k: v for k, v in section.model_dump(mode="json").items() if k not in skip}
+    h = hashlib.sha256(json.dumps({"cfg": settings, "seed": seed}, sort_keys=True).encode())
+    for item in inputs:
+        h.update(item.read_bytes() if isinstance(item, Path) else item.encode())
+    return h.hexdigest()[:16]
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

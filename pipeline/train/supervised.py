@@ -31,6 +31,12 @@ Schedule: linear warmup over ``warmup_steps`` (or ``warmup_fraction`` of all ste
 decay to ``min_lr_ratio * lr`` (GPT-1's fine-tuning schedule) or cosine, or constant.
 Exact resume: the checkpoint holds model, optimiser, step, RNG state and history; the position in
 the epoch follows from the step, so a killed run continues with the very next batch.
+
+DDP under torchrun (``dist.world_size > 1``): one optimiser step takes ``grad_accum * world_size``
+micro-batches of the epoch, rank r the r-th of every ``world_size``, each weighted so that the
+all-reduced gradient is the mean over all of them: the same step a single process takes with
+``grad_accum * world_size`` accumulation. Rank 0 alone evaluates and writes checkpoints; the others
+wait for it at the end, so whatever rank 0 saved can be read once ``run`` returns.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.train.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.train.loop import Dist, autocast_dtype
 
 LossFn = Callable[[torch.nn.Module, Any], tuple[torch.Tensor, dict[str, float]]]
 
@@ -118,14 +125,14 @@ class SupervisedTrainer:
     evaluate: Callable[[torch.nn.Module], dict[str, float]] | None = None
     log: Callable[[dict[str, float], int], None] | None = None
     history: list[dict[str, float]] = field(default_factory=list)
+    dist: Dist = field(default_factory=Dist)
 
     def __post_init__(self) -> None:
-        from pipeline.train.loop import autocast_dtype
-
         self.model.to(self.device)
         self.dtype = autocast_dtype(self.cfg.dtype, self.device)
         self.optimizer = self.model.configure_optimizer(self.cfg.weight_decay, self.cfg.lr, self.cfg.betas)
-        self.steps_per_epoch = math.ceil(len(self.batches(0)) / self.cfg.grad_accum)
+        self.per_step = self.cfg.grad_accum * self.dist.world_size  # micro-batches per optimiser step
+        self.steps_per_epoch = math.ceil(len(self.batches(0)) / self.per_step)
         total = self.steps_per_epoch * self.cfg.epochs
         self.total_steps = min(total, self.cfg.max_steps) if self.cfg.max_steps else total
         warm = self.cfg.warmup_steps
@@ -134,9 +141,16 @@ class SupervisedTrainer:
         self.examples = 0
         self.elapsed = 0.0
         self.resumed_from = -1
-        torch.manual_seed(self.seed)
+        torch.manual_seed(self.seed + self.dist.rank)  # each rank its own dropout masks
         if self.checkpoint is not None and self.cfg.resume and self.checkpoint.is_file():
             self._restore(load_checkpoint(self.checkpoint, self._config_tag()))
+        self.runner: torch.nn.Module = self.model  # what loss_fn gets while training
+        if self.dist.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            # unused parameters: a reward model keeps its SFT model's LM head, which it never calls
+            self.runner = DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=True)
 
     # -- checkpoints
     def _config_tag(self) -> dict[str, Any]:
@@ -168,7 +182,7 @@ class SupervisedTrainer:
         self.resumed_from = self.step
 
     def save(self) -> None:
-        if self.checkpoint is not None:
+        if self.checkpoint is not None and self.dist.main:
             save_checkpoint(self.checkpoint, self._state())
 
     # -- running
@@ -179,7 +193,7 @@ class SupervisedTrainer:
 
     @torch.no_grad()
     def run_eval(self) -> dict[str, float]:
-        if self.evaluate is None:
+        if self.evaluate is None or not self.dist.main:
             return {}
         was = self.model.training
         self.model.eval()
@@ -189,25 +203,37 @@ class SupervisedTrainer:
         return out
 
     def train_step(self, micro: Sequence[Any]) -> dict[str, float]:
-        """One optimiser step over the micro-batches ``micro``; the mean of their metrics."""
+        """One optimiser step over the micro-batches ``micro`` (of all ranks); the mean of their metrics."""
         factor = lr_factor(self.step, self.total_steps, self.warmup, self.cfg.schedule, self.cfg.min_lr_ratio)
         for group in self.optimizer.param_groups:
             group["lr"] = self.cfg.lr * factor
+        world, n = self.dist.world_size, len(micro)
+        # this rank's share; a rank left without one (the epoch's last, short step) still takes part
+        # in the gradient all-reduce, with a batch weighted 0
+        mine = [(b, world / n) for b in micro[self.dist.rank :: world]] or [(micro[0], 0.0)]
         sums: dict[str, float] = {}
-        for batch in micro:
+        for i, (batch, weight) in enumerate(mine):
             batch = to_device(batch, self.device)
-            with self.autocast():
-                loss, metrics = self.loss_fn(self.model, batch)
-            (loss / len(micro)).backward()
-            sums["loss"] = sums.get("loss", 0.0) + loss.item()
-            for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-            self.examples += batch_size(batch)
+            sync = i == len(mine) - 1 or world == 1
+            with contextlib.nullcontext() if sync else self.runner.no_sync(), self.autocast():
+                loss, metrics = self.loss_fn(self.runner, batch)
+            (loss * weight).backward()  # DDP then averages over ranks: the mean over all n
+            counted = 1.0 if weight else 0.0  # the same keys on every rank, for the all-reduce
+            for k, v in {"loss": loss.item(), **metrics, "_examples": batch_size(batch)}.items():
+                sums[k] = sums.get(k, 0.0) + counted * float(v)
+        if world > 1:  # metrics summed over all ranks' micro-batches
+            import torch.distributed as tdist
+
+            keys = sorted(sums)
+            t = torch.tensor([sums.get(k, 0.0) for k in keys], dtype=torch.float64, device=self.device)
+            tdist.all_reduce(t)
+            sums = dict(zip(keys, t.tolist(), strict=True))
+        self.examples += int(sums.pop("_examples", 0))
         if self.cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        out = {f"train/{k}": v / len(micro) for k, v in sums.items()}
+        out = {f"train/{k}": v / n for k, v in sums.items()}
         out["train/lr"] = self.cfg.lr * factor
         return out
 
@@ -215,7 +241,7 @@ class SupervisedTrainer:
         self.model.train()
         t0 = time.perf_counter()
         last: dict[str, float] = {}
-        accum = self.cfg.grad_accum
+        accum = self.per_step
         epoch_batches: Sequence[Any] = ()
         loaded_epoch = -1
         while self.step < self.total_steps:
@@ -248,6 +274,10 @@ class SupervisedTrainer:
             if self.log is not None:
                 self.log(final, self.step)
         self.save()
+        if self.dist.world_size > 1:  # what rank 0 evaluated and saved is there for every rank
+            import torch.distributed as tdist
+
+            tdist.barrier()
         return {
             **last, **final, "steps": self.step, "examples": self.examples, "train_s": self.elapsed,
             "examples_per_s": self.examples / self.elapsed if self.elapsed > 0 else 0.0,
