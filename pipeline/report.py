@@ -627,7 +627,8 @@ def plot_score_hist(plot: Plot, tables: list[list[dict[str, Any]]], ctx: dict[st
         s = np.linspace(0, 1, 201)
         if rows and "keep_probability" in rows[0]:  # the curve at the alpha the stage ran with
             s, p = xs, np.array([r["keep_probability"] for r in rows])
-            alpha = float(-np.log(p[0]) / np.log(2.0 - s[0]))  # P = (2 - s)^-alpha
+            # P = (2 - s)^-alpha, from a rounded P: 3 significant digits (9, not 8.99965)
+            alpha = float(f"{-np.log(p[0]) / np.log(2.0 - s[0]):.3g}")
         else:
             p = keep_probability(s, alpha)
         twin.plot(s, p, "k--", lw=1.2, label=f"P(keep | score), alpha={alpha:g}")

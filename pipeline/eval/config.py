@@ -52,7 +52,7 @@ class FinetuneConfig(Section):
     # are split between the task's train and test side, so no test passage was ever trained on
     passage_words: int = Field(32, ge=4)
     test_fraction: float = Field(0.5, gt=0, lt=1)  # of the documents, per source
-    max_train: int = Field(600, ge=10)  # embedded tasks: items per task on the train side
+    max_train: int = Field(480, ge=10)  # embedded tasks: items per task on the train side
     max_test: int = Field(
         500, ge=10
     )  # and on the test side (>= 400 keeps each 95% interval within +-5 points)

@@ -51,7 +51,7 @@ class SplitSizes(Section):
     """Prompts per split. InstructGPT had about 13k SFT, 33k RM and 31k PPO prompts."""
 
     sft: int = Field(3000, ge=1)
-    rm: int = Field(800, ge=1)
+    rm: int = Field(1600, ge=1)
     ppo: int = Field(800, ge=1)
     eval: int = Field(1200, ge=1)
 
