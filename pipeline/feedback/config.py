@@ -161,7 +161,7 @@ class PpoConfig(Section):
     beta1: float = Field(0.9, ge=0, lt=1)
     beta2: float = Field(0.95, ge=0, lt=1)
     grad_clip: float = Field(1.0, ge=0)
-    kl_coef: float = Field(0.02, ge=0)  # beta: reward = RM score - beta * (log pi - log pi_SFT) per token
+    kl_coef: float = Field(0.05, ge=0)  # beta (paper 0.02): reward = RM - beta * (log pi - log pi_SFT)
     kl_target: float | None = Field(None, gt=0)  # adaptive KL controller (Ziegler et al. 2019): target KL
     kl_horizon: int = Field(10000, ge=1)  # its horizon in episodes
     gamma: float = Field(1.0, ge=0, le=1)  # discount
@@ -174,7 +174,7 @@ class PpoConfig(Section):
     ptx_coef: float = Field(0.0, ge=0)  # gamma of PPO-ptx on the mean per-token LM loss; 0 = plain PPO
     ptx_batch_size: int = Field(8, ge=1)  # pretraining windows (block_size tokens) per optimiser step
     ema: float | None = Field(None, gt=0, lt=1)  # decay of an EMA of the policy weights (evaluated, kept)
-    val_prompts: int = Field(120, ge=1)  # of the eval split: picks the best checkpoint (gold score)
+    val_prompts: int = Field(300, ge=1)  # of the eval split: picks the best checkpoint (gold score)
     test_prompts: int | None = Field(600, ge=1)  # of the rest of the eval split (None = all): final figures
     eval_interval: int = Field(5, ge=0)  # steps between validation (gold + RM score vs KL); 0 = at the end
     tax_windows: int = Field(32, ge=1)  # pretraining validation windows for the alignment tax
