@@ -322,13 +322,26 @@ def checkpoint_index(root: Path) -> list[dict[str, Any]]:
     out = []
     for ckpt in sorted((root / "checkpoints").glob("*/*/ckpt.pt")):
         info_file = ckpt.with_name("run.json")
-        info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+        info = json.loads(info_file.read_text()) if info_file.is_file() else checkpoint_tag(ckpt)
         out.append({
             "path": str(ckpt.relative_to(root)), "stage": ckpt.parent.parent.name,
             "modified": time.strftime("%Y-%m-%d %H:%M", time.localtime(ckpt.stat().st_mtime)),
             "tokenizer": ckpt.with_name("tokenizer.json").is_file(), **info,
         })  # fmt: skip
     return out
+
+
+def checkpoint_tag(ckpt: Path) -> dict[str, Any]:
+    """The model shape and run length a checkpoint of the supervised or PPO loop records about
+    itself (its ``model_config``), read without loading the tensors; {} when it cannot be read."""
+    import torch
+
+    try:
+        tag = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get("model_config", {})
+    except Exception:  # a damaged file is listed anyway: loading it names the problem
+        return {}
+    keep = ("arch", "n_layer", "n_head", "n_embd", "vocab_size", "steps")
+    return {k: tag[k] for k in keep if k in tag} if isinstance(tag, dict) else {}
 
 
 def cmd_checkpoints(_: argparse.Namespace) -> int:
@@ -342,7 +355,13 @@ def cmd_checkpoints(_: argparse.Namespace) -> int:
             if "arch" in r
             else "shape unknown"
         )
-        step = f"max_steps {r['max_steps']}" if "max_steps" in r else ""
+        step = (
+            f"max_steps {r['max_steps']}"
+            if "max_steps" in r
+            else f"steps {r['steps']}"
+            if "steps" in r
+            else ""
+        )
         tok = "own tokenizer" if r["tokenizer"] else "no tokenizer beside it"
         print(f"{r['path']}  {r['modified']}  {shape}  {step}  {r.get('profile', '')}  {tok}")
     return 0

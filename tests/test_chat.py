@@ -84,3 +84,32 @@ def test_streamed_tokens_are_the_greedy_generation(tok) -> None:
     stopped = list(stream_reply(model, ids, 10, temperature=0.0, top_k=None, top_p=None, generator=None,
                                 stop={whole[3]}))  # fmt: skip
     assert stopped == whole[: whole.index(whole[3])]
+
+
+def test_lineage_checkpoints_names_the_shape_of_every_training_run(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """A pretrain run folder describes itself in run.json; the SFT, reward and PPO loops' checkpoints
+    carry their model config, which `lineage checkpoints` reads instead of saying "shape unknown"."""
+    import json
+
+    from pipeline.cli import main
+    from pipeline.train.checkpoint import save_checkpoint
+
+    shape = {"arch": "gpt2", "vocab_size": 64, "n_layer": 2, "n_head": 2, "n_embd": 32}
+    save_checkpoint(tmp_path / "checkpoints" / "sft" / "k1" / "ckpt.pt",
+                    {"model": {}, "model_config": {**shape, "steps": 540, "params": 1}})  # fmt: skip
+    pre = tmp_path / "checkpoints" / "pretrain" / "k0"
+    save_checkpoint(pre / "ckpt.pt", {"model": {}, "model_config": shape})
+    (pre / "run.json").write_text(json.dumps({**shape, "max_steps": 600}))
+    (pre / "tokenizer.json").write_text("{}")
+    (tmp_path / "checkpoints" / "ppo" / "k2").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "ppo" / "k2" / "ckpt.pt").write_bytes(b"not a checkpoint")
+    monkeypatch.chdir(tmp_path)
+    assert main(["checkpoints"]) == 0
+    lines = {line.split("/")[1]: line for line in capsys.readouterr().out.splitlines()}
+    assert "gpt2 2x2x32 vocab 64" in lines["pretrain"] and "max_steps 600" in lines["pretrain"]
+    assert "own tokenizer" in lines["pretrain"]
+    assert "gpt2 2x2x32 vocab 64" in lines["sft"] and "steps 540" in lines["sft"]
+    assert "no tokenizer beside it" in lines["sft"]
+    assert "shape unknown" in lines["ppo"]
