@@ -170,6 +170,18 @@ def ranking_metrics(rewards: Sequence[Sequence[float]], ranks: Sequence[Sequence
 
 
 # --------------------------------------------------------------------------------------- generation
+def left_pad(prompts: Sequence[Sequence[int]], keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts (their last ``keep`` tokens) left-padded into one (B, P) batch, with its mask."""
+    rows = [list(p)[-keep:] for p in prompts]
+    width = max(len(r) for r in rows)
+    idx = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for j, r in enumerate(rows):
+        idx[j, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+        mask[j, width - len(r) :] = 1
+    return idx, mask
+
+
 @torch.no_grad()
 def generate(
     model: GPT, prompts: Sequence[Sequence[int]], max_new_tokens: int, *, eos: int | None, temperature: float = 0.0,
@@ -187,13 +199,8 @@ def generate(
     was = model.training
     model.eval()
     for k in range(0, len(order), batch_size):
-        rows = [list(prompts[i])[-keep:] for i in order[k : k + batch_size]]
-        width = max(len(r) for r in rows)
-        idx = torch.zeros(len(rows), width, dtype=torch.long)
-        mask = torch.zeros(len(rows), width, dtype=torch.long)
-        for j, r in enumerate(rows):
-            idx[j, width - len(r) :] = torch.tensor(r)
-            mask[j, width - len(r) :] = 1
+        idx, mask = left_pad([prompts[i] for i in order[k : k + batch_size]], keep)
+        width = idx.size(1)
         new = min(max_new_tokens, block - width)
         res = model.generate(
             idx.to(device), new, temperature=temperature, top_k=top_k, top_p=top_p, generator=gen,

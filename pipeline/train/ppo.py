@@ -54,6 +54,7 @@ from pipeline.feedback.config import PpoConfig
 from pipeline.model.gpt import GPT
 from pipeline.model.reward import RewardModel
 from pipeline.train.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.train.instruct import left_pad
 
 
 # ------------------------------------------------------------------------------------------ models
@@ -124,18 +125,6 @@ class Episodes:
             self.ended[rows],
             P - left,
         )
-
-
-def left_pad(prompts: Sequence[Sequence[int]], keep: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompts (their last ``keep`` tokens) left-padded into one (B, P) batch, with its mask."""
-    rows = [list(p)[-keep:] for p in prompts]
-    width = max(len(r) for r in rows)
-    idx = torch.zeros(len(rows), width, dtype=torch.long)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for j, r in enumerate(rows):
-        idx[j, width - len(r) :] = torch.tensor(r, dtype=torch.long)
-        mask[j, width - len(r) :] = 1
-    return idx, mask
 
 
 @torch.no_grad()
