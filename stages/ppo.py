@@ -43,7 +43,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
 
     from pipeline.eval.inputs import check_vocab
     from pipeline.feedback.chat import ChatTokens
-    from pipeline.feedback.data import read_jsonl, read_split
+    from pipeline.feedback.data import read_jsonl, read_split, samples_md
     from pipeline.feedback.labeler import judge, summarize
     from pipeline.io import write_csv
     from pipeline.model.export import load_model, save_model
@@ -230,7 +230,10 @@ def body(ctx: StageContext) -> dict[str, Any]:
     with (ctx.out / "eval.jsonl").open("w") as fh:
         for r in rows:
             fh.write(json.dumps(r) + "\n")
-    (ctx.out / "samples.md").write_text(samples_md(test_ex, rows))
+    (ctx.out / "samples.md").write_text(samples_md(
+        "PPO and SFT answers on held-out test prompts (greedy), with the labeler's scores", test_ex,
+        [[f"ppo ({r['ppo_score']:.3f}): {r['ppo']!r}", f"sft ({r['sft_score']:.3f}): {r['sft']!r}"] for r in rows],
+    ))  # fmt: skip
     hist = trainer.history
     write_csv(ctx.out / "plots" / "train.csv", [
         {"step": h["step"], "kl": round(h["objective/kl"], 5), "rlhf_reward": round(h["objective/rlhf_reward"], 5),
@@ -306,18 +309,6 @@ def _nest(flat: dict[str, float]) -> dict[str, Any]:
             node = node.setdefault(p, {})
         node[leaf] = v
     return out
-
-
-def samples_md(examples: list[dict[str, Any]], rows: list[dict[str, Any]], per_family: int = 3) -> str:
-    lines = ["# PPO and SFT answers on held-out test prompts (greedy), with the labeler's scores\n"]
-    seen: dict[str, int] = {}
-    for ex, r in zip(examples, rows, strict=True):
-        if seen.get(ex["family"], 0) >= per_family:
-            continue
-        seen[ex["family"]] = seen.get(ex["family"], 0) + 1
-        lines.append(f"- **{ex['family']}** {ex['messages'][-1]['content']!r}\n  - reference: {ex['reference']!r}\n"
-                     f"  - ppo ({r['ppo_score']:.3f}): {r['ppo']!r}\n  - sft ({r['sft_score']:.3f}): {r['sft']!r}")  # fmt: skip
-    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
 
     from pipeline.eval.inputs import check_vocab
     from pipeline.feedback.chat import ChatTokens
-    from pipeline.feedback.data import read_split
+    from pipeline.feedback.data import read_split, samples_md
     from pipeline.feedback.labeler import judge, summarize
     from pipeline.io import write_csv
     from pipeline.model.export import load_model, save_model
@@ -144,7 +144,10 @@ def body(ctx: StageContext) -> dict[str, Any]:
         for ex, r, j, b in zip(held_out, answers, judged, base_answers, strict=True):
             fh.write(json.dumps({"id": ex["id"], "family": ex["family"], "response": r, "fewshot": b,
                                  **{f"judge_{k}": v for k, v in j.to_dict().items()}}) + "\n")  # fmt: skip
-    (ctx.out / "samples.md").write_text(samples_md(held_out, answers, base_answers))
+    (ctx.out / "samples.md").write_text(samples_md(
+        "SFT answers on held-out prompts (few-shot pretrained baseline beside them)", held_out,
+        [[f"sft: {a!r}", f"few-shot pretrained: {b!r}"] for a, b in zip(answers, base_answers, strict=True)],
+    ))  # fmt: skip
     hist = trainer.history
     write_csv(ctx.out / "plots" / "val.csv", [{"step": h["step"], "loss": h["val/loss"], "exact": h["eval/exact"],
                                               "score": h["eval/score"]} for h in hist if "val/loss" in h])  # fmt: skip
@@ -206,20 +209,6 @@ def fewshot_answers(model, chat, demos, held_out, cfg, seed, device) -> tuple[li
         head, nl, _ = text.lstrip().partition("\n")  # the answer is the first line with text
         answers.append(head.strip() + (END if nl else ""))
     return answers, used / max(len(held_out), 1)
-
-
-def samples_md(
-    examples: list[dict[str, Any]], answers: list[str], base: list[str], per_family: int = 3
-) -> str:
-    lines = ["# SFT answers on held-out prompts (few-shot pretrained baseline beside them)\n"]
-    seen: dict[str, int] = {}
-    for ex, a, b in zip(examples, answers, base, strict=True):
-        if seen.get(ex["family"], 0) >= per_family:
-            continue
-        seen[ex["family"]] = seen.get(ex["family"], 0) + 1
-        lines.append(f"- **{ex['family']}** {ex['messages'][-1]['content']!r}\n  - reference: {ex['reference']!r}\n"
-                     f"  - sft: {a!r}\n  - few-shot pretrained: {b!r}")  # fmt: skip
-    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import gzip
 import hashlib
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -385,3 +385,23 @@ def read_split(directory: Path, split: str) -> list[dict[str, Any]]:
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
     return read_jsonl(directory / f"{split}.jsonl")
+
+
+def samples_md(
+    title: str, examples: Sequence[dict[str, Any]], answers: Sequence[Sequence[str]], per_family: int = 3
+) -> str:
+    """The first ``per_family`` prompts of each family as a Markdown list: prompt, reference, then
+    ``answers[i]``, one ``"label: answer"`` line per model."""
+    lines = [f"# {title}\n"]
+    seen: dict[str, int] = {}
+    for ex, rows in zip(examples, answers, strict=True):
+        if seen.get(ex["family"], 0) >= per_family:
+            continue
+        seen[ex["family"]] = seen.get(ex["family"], 0) + 1
+        items = [
+            f"- **{ex['family']}** {ex['messages'][-1]['content']!r}",
+            f"reference: {ex['reference']!r}",
+            *rows,
+        ]
+        lines.append("\n  - ".join(items))
+    return "\n".join(lines) + "\n"
