@@ -147,6 +147,8 @@ def body(ctx: StageContext) -> dict[str, Any]:
     )
     final.eval()
     sft = trainer.ref
+    # when the kept weights are the last ones, they are scored once and their figures serve both
+    kept_is_last = final is trainer.eval_model or trainer.best["step"] == trainer.step
 
     # test prompts: PPO against SFT, greedy and sampled, with the same code path for both models; the
     # last weights too (greedy), to show what keeping the best-validation ones saved
@@ -154,7 +156,9 @@ def body(ctx: StageContext) -> dict[str, Any]:
     ev: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
     for mode, temp in (("greedy", 0.0), ("sampled", 1.0)):
-        models = (("ppo", final), ("sft", sft)) + ((("last", last_model),) if mode == "greedy" else ())
+        models = (("ppo", final), ("sft", sft)) + (
+            (("last", last_model),) if mode == "greedy" and not kept_is_last else ()
+        )
         runs = {
             name: sample_and_score(
                 m,
@@ -168,6 +172,8 @@ def body(ctx: StageContext) -> dict[str, Any]:
             )  # fmt: skip
             for name, m in models
         }
+        if mode == "greedy" and kept_is_last:
+            runs["last"] = runs["ppo"]
         texts = {n: [chat.decode_response(i) for i in r["ids"]] for n, r in runs.items()}
         judged = {n: [judge(ex, t) for ex, t in zip(test_ex, texts[n], strict=True)] for n in runs}
         block_ = {}
@@ -206,9 +212,14 @@ def body(ctx: StageContext) -> dict[str, Any]:
     tpb = (sum(meta["val_tokens_per_source"][s] + meta["val_docs_per_source"][s] for s in srcs) / n_bytes
            if n_bytes else float("nan"))  # fmt: skip
     tax: dict[str, Any] = {"windows": len(windows), "tokens": len(windows) * block}
-    for name, m in (("pretrain", pretrained.to(device)), ("sft", sft), ("ppo", final), ("last", last_model)):
+    scored = (("pretrain", pretrained.to(device)), ("sft", sft), ("ppo", final)) + (
+        () if kept_is_last else (("last", last_model),)
+    )
+    for name, m in scored:
         loss = lm_loss_on(m, windows)
         tax[name] = {"loss": loss, "bpb": loss / math.log(2) * tpb}
+    if kept_is_last:
+        tax["last"] = tax["ppo"]
     for base in ("sft", "pretrain"):
         tax[f"delta_vs_{base}"] = {k: tax["ppo"][k] - tax[base][k] for k in ("loss", "bpb")}
     tax["last_delta_vs_sft"] = {k: tax["last"][k] - tax["sft"][k] for k in ("loss", "bpb")}
