@@ -160,6 +160,25 @@ def rng() -> random.Random:
     return random.Random(0)
 
 
+def two_ranks_and_one_process(script_text: str, tmp_path: Path) -> tuple[Path, Path]:
+    """Run a training script under torchrun with 2 ranks (argv: OUT "1") and as one process (argv:
+    OUT "2", for 2-step accumulation), each with its own output folder; both must exit 0."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "run.py"
+    script.write_text(script_text)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    torchrun = Path(sys.executable).with_name("torchrun")
+    ddp, one = tmp_path / "ddp", tmp_path / "one"
+    for out, cmd in ((ddp, [str(torchrun), "--standalone", "--nproc_per_node=2", str(script), str(ddp), "1"]),
+                     (one, [sys.executable, str(script), str(one), "2"])):  # fmt: skip
+        out.mkdir()
+        run = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
+        assert run.returncode == 0, run.stderr[-2000:]
+    return ddp, one
+
+
 def files_params(tmp: Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Params for a project in ``tmp`` whose sources are local files written by `write_corpus`."""
     from pipeline.config import deep_merge

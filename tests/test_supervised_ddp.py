@@ -2,15 +2,11 @@
 as one process that accumulates both ranks' micro-batches."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import ROOT
+from tests.conftest import two_ranks_and_one_process
 
 SCRIPT = """
 import json, sys
@@ -46,18 +42,7 @@ if dist.main:
 
 @pytest.mark.slow
 def test_two_ranks_take_the_steps_of_one_process_with_both_ranks_micro_batches(tmp_path):
-    script = tmp_path / "run.py"
-    script.write_text(SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    torchrun = Path(sys.executable).with_name("torchrun")
-    for name in ("ddp", "one"):
-        (tmp_path / name).mkdir()
-    ddp = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", str(script), str(tmp_path / "ddp"), "1"],
-                         env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)  # fmt: skip
-    assert ddp.returncode == 0, ddp.stderr[-2000:]
-    one = subprocess.run([sys.executable, str(script), str(tmp_path / "one"), "2"], env=env, cwd=ROOT,
-                         capture_output=True, text=True, timeout=240)  # fmt: skip
-    assert one.returncode == 0, one.stderr[-2000:]
+    two_ranks_and_one_process(SCRIPT, tmp_path)
     a = json.loads((tmp_path / "ddp" / "result.json").read_text())
     b = json.loads((tmp_path / "one" / "result.json").read_text())
     # 5 micro-batches, 2 per step: 3 steps an epoch, the third with one micro-batch (rank 1 weighs 0)

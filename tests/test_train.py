@@ -1,9 +1,6 @@
 """The pretraining loop: exact resume, bf16 vs fp32, DDP equivalence, bad input."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +14,7 @@ from pipeline.tokenizer import TokenData
 from pipeline.train.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.train.data import TrainBatches
 from pipeline.train.loop import Trainer, lr_at
-from tests.conftest import ROOT
+from tests.conftest import two_ranks_and_one_process
 
 VOCAB = 64
 
@@ -153,18 +150,7 @@ if dist.main:
 
 
 def test_two_process_torchrun_matches_one_process_with_the_same_global_batch(tmp_path):
-    script = tmp_path / "ddp_run.py"
-    script.write_text(DDP_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    torchrun = Path(sys.executable).with_name("torchrun")
-    (tmp_path / "ddp").mkdir()
-    (tmp_path / "one").mkdir()
-    ddp = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", str(script), str(tmp_path / "ddp"), "1"],
-                         env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)  # fmt: skip
-    assert ddp.returncode == 0, ddp.stderr[-2000:]
-    one = subprocess.run([sys.executable, str(script), str(tmp_path / "one"), "2"], env=env, cwd=ROOT,
-                         capture_output=True, text=True, timeout=240)  # fmt: skip
-    assert one.returncode == 0, one.stderr[-2000:]
+    two_ranks_and_one_process(DDP_SCRIPT, tmp_path)
     a = json.loads((tmp_path / "ddp" / "losses.json").read_text())
     b = json.loads((tmp_path / "one" / "losses.json").read_text())
     assert a.keys() == b.keys() and len(a) == 8
