@@ -209,7 +209,9 @@ def _short(value: str, width: int = 24) -> str:
     try:
         f = float(value)
     except ValueError:
-        return value if len(value) <= width else value[: width - 3] + "..." if value else "-"
+        if not value:  # not set in this experiment
+            return "-"
+        return value if len(value) <= width else value[: width - 3] + "..."
     return f"{f:.5g}"
 
 

@@ -109,10 +109,10 @@ def test_lineage_exp_puts_experiments_side_by_side_and_cuts_long_values():
 
     tasks = "['cloze', 'next_passage', 'arithmetic_2da', 'arithmetic_2ds', 'arithmetic_3da']"
     csv_text = (
-        "Experiment,rev,typ,Created,evaluate.tasks,pretrain.n_layer,val_loss\n"
-        f',workspace,baseline,,"{tasks}",4,5.23231\n'
-        f',main,baseline,2026-11-27,"{tasks}",4,5.23231\n'
-        "bumpy-tans,abc123,branch_base,2026-11-27,\"['cloze']\",2,5.70041\n"
+        "Experiment,rev,typ,Created,evaluate.tasks,pretrain.n_layer,val_loss,rm_val_acc\n"
+        f',workspace,baseline,,"{tasks}",4,5.23231,\n'
+        f',main,baseline,2026-11-27,"{tasks}",4,5.23231,\n'
+        "bumpy-tans,abc123,branch_base,2026-11-27,\"['cloze']\",2,5.70041,0.7045\n"
     )
     lines = transpose_experiments(csv_text).splitlines()
     assert lines[0].split() == ["workspace", "main", "bumpy-tans"]
@@ -120,6 +120,7 @@ def test_lineage_exp_puts_experiments_side_by_side_and_cuts_long_values():
     assert lines[1].endswith("['cloze']")
     assert lines[2].split() == ["pretrain.n_layer", "4", "4", "2"]
     assert lines[3].split() == ["val_loss", "5.2323", "5.2323", "5.7004"]
+    assert lines[4].split() == ["rm_val_acc", "-", "-", "0.7045"]  # a metric the others do not have
     assert max(map(len, lines)) <= 120
     same = "rev,Created\nworkspace,\nmain,2026-11-27T15:29:50\n"  # no experiment, nothing changed
     assert transpose_experiments(same) == "no param or metric differs between workspace, main\n"
