@@ -597,14 +597,10 @@ def plot_roc(plot: Plot, tables: list[list[dict[str, Any]]], ctx: dict[str, Any]
     return fig
 
 
-def keep_probability(score: float, alpha: float) -> float:
-    """GPT-3's rule keeps a document when ``np.random.pareto(alpha) > 1 - score``; numpy's Pareto is
-    Lomax, P(X > x) = (1 + x)^-alpha, so P(keep | score) = (2 - score)^-alpha."""
-    return (2.0 - score) ** -alpha
-
-
 def plot_score_hist(plot: Plot, tables: list[list[dict[str, Any]]], ctx: dict[str, Any]) -> Any:
     import numpy as np
+
+    from pipeline.text.quality import keep_probability
 
     fig, ax = _axes(plot)
     rows = tables[0]

@@ -10,12 +10,7 @@ import numpy as np
 from pipeline.errors import LineageError
 from pipeline.io import list_shards, read_rows, write_csv
 from pipeline.stage import StageContext, main, make_dirs
-from pipeline.text.quality import save_classifier, score_shard, train_classifier
-
-
-def keep_probability(score: np.ndarray, alpha: float) -> np.ndarray:
-    """P(keep | score) of the Pareto rule: numpy's Pareto is Lomax, P(X > x) = (1 + x)^-alpha."""
-    return (2.0 - score) ** -alpha
+from pipeline.text.quality import keep_probability, save_classifier, score_shard, train_classifier
 
 
 def histogram_figure(scores: dict[str, list[float]], bins: int, negatives: list[str], alpha: float) -> Any:

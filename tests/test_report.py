@@ -45,10 +45,12 @@ def test_rows_fill_from_globs_and_side_by_side_keys():
 
 
 def test_keep_curve_is_the_pareto_rule():
+    from pipeline.text.quality import keep_probability
+
     rng = np.random.default_rng(0)
     for score, alpha in ((0.9, 9.0), (0.5, 3.0), (0.1, 1.0)):
         sim = float(np.mean(rng.pareto(alpha, 200_000) > 1 - score))
-        assert report.keep_probability(score, alpha) == pytest.approx(sim, abs=0.005)
+        assert keep_probability(score, alpha) == pytest.approx(sim, abs=0.005)
 
 
 def test_report_marks_stages_not_run_and_inlines_its_plots(tmp_path):

@@ -82,6 +82,12 @@ def pareto_keep(scores: np.ndarray, alpha: float, rng: np.random.Generator) -> n
     return rng.pareto(alpha, size=len(scores)) > 1.0 - np.asarray(scores)
 
 
+def keep_probability(score: Any, alpha: float) -> Any:
+    """P(keep | score) of :func:`pareto_keep` (a float or an array): numpy's Pareto is Lomax,
+    P(X > x) = (1 + x)^-alpha, so P(keep | score) = (2 - score)^-alpha."""
+    return (2.0 - score) ** -alpha
+
+
 def save_classifier(clf: Any, path: Path) -> None:
     import skops.io as sio
 
