@@ -25,22 +25,21 @@ from pipeline.config import DedupConfig
 from pipeline.errors import LineageError
 from pipeline.io import iter_jsonl, read_parquet
 from pipeline.text.minhash import (  # noqa: F401 - the fuzzy half of dedup, importable from here
+    TOKEN_RE,
     UnionFind,
     estimated_jaccard,
     lsh_candidates,
     minhash_signatures,
     near_duplicate_clusters,
+    normalized,
     shingles,
 )
-
-TOKEN_RE = re.compile(r"\w+")
 
 
 # ------------------------------------------------------------------------------------------------ exact
 def exact_key(text: str) -> str:
     """Hash of the text with case, punctuation and whitespace differences removed."""
-    norm = " ".join(TOKEN_RE.findall(text.lower()))
-    return hashlib.sha1(norm.encode("utf-8", "surrogatepass")).hexdigest()
+    return hashlib.sha1(normalized(text).encode("utf-8", "surrogatepass")).hexdigest()
 
 
 # ------------------------------------------------------------------------------------- decontamination
