@@ -26,7 +26,7 @@ from pipeline.train.checkpoint import run_key
 
 HEADLINE = [
     "ft/*=tasks/*/pretrained/acc/value", "rand/*=tasks/*/random_init/acc/value",
-    "zs/*=tasks/*/zero_shot/acc/value", "separated_tasks",
+    "zs/*=tasks/*/zero_shot/acc/value", "separated_tasks", "ft_train_loss=train_loss",
 ]  # fmt: skip
 # settings that do not change what is learned
 NOT_IN_RUN_KEY = {"eval_interval", "checkpoint_interval", "resume", "device", "random_init", "zero_shot"}
@@ -163,6 +163,12 @@ def body(ctx: StageContext) -> dict[str, Any]:
         for name, spec in cfg.tasks.items()
         if spec.kind in EMBEDDED_TASKS and _separated(out["tasks"][name])
     )
+    # the fine-tuning objective L3 = L2 + lambda * L1 at the end of training, mean over tasks (the
+    # pretrained start): any change to the recipe moves it, even where accuracies tie on small tasks
+    losses = [
+        t["train"]["pretrained"]["loss"] for t in out["tasks"].values() if "pretrained" in t.get("train", {})
+    ]
+    out["train_loss"] = sum(losses) / len(losses) if losses else float("nan")
     out["config"] = {"lm_coef": cfg.lm_coef, "layers_transferred": cfg.layers_transferred if cfg.layers_transferred
                      is not None else n_layer, "lr": cfg.lr, "epochs": cfg.epochs, "max_len": max_len}  # fmt: skip
     write_csv(ctx.out / "plots" / "train.csv", curves)

@@ -370,6 +370,8 @@ def test_finetune_stage_writes_models_predictions_and_metrics_for_every_task(pro
     assert trunk.lm_head.weight is trunk.transformer.wte.weight
     headline = json.loads((project / "metrics" / "finetune.json").read_text())
     assert 5 <= len(headline) <= 15 and "ft/source" in headline
+    losses = [t["train"]["pretrained"]["loss"] for t in m["tasks"].values()]
+    assert headline["ft_train_loss"] == pytest.approx(sum(losses) / len(losses), abs=1e-4)
 
 
 def test_finetune_refuses_a_model_from_another_tokenizer_and_writes_nothing(project, tmp_path):
