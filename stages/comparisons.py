@@ -14,7 +14,6 @@ with another ``noise`` ranks the same samples again without generating them.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import sys
@@ -22,6 +21,7 @@ from typing import Any
 
 from pipeline.errors import LineageError
 from pipeline.stage import StageContext, main
+from pipeline.train.checkpoint import run_key
 
 HEADLINE = [
     "cmp_prompts=prompts", "cmp_mean_k=mean_k", "cmp_sample_score=samples/score", "cmp_sample_exact=samples/exact",
@@ -75,11 +75,10 @@ def body(ctx: StageContext) -> dict[str, Any]:
     temps = temperatures(cfg.temperatures or [cfg.temperature], ks, random.Random(f"{seed}/temperature"))
 
     # the samples do not depend on the labeler: another noise reuses them
-    settings = cfg.model_dump(mode="json", exclude={"noise", "device"})
-    h = hashlib.sha256(json.dumps({"cfg": settings, "seed": seed}, sort_keys=True).encode())
-    for f in (sft_dir / "model.safetensors", tok_file, inst / "rm.jsonl"):
-        h.update(f.read_bytes())
-    part_dir = ctx.root / "checkpoints" / "comparisons" / h.hexdigest()[:16]
+    key = run_key(
+        cfg, seed, {"noise", "device"}, [sft_dir / "model.safetensors", tok_file, inst / "rm.jsonl"]
+    )
+    part_dir = ctx.root / "checkpoints" / "comparisons" / key
     rows: list[dict[str, Any]] = []
     for p0 in range(0, len(prompts), PART):
         part = part_dir / f"part-{p0 // PART:05d}.jsonl"
