@@ -37,6 +37,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
     from pipeline.feedback.labeler import judge, pair_agreement, rank
     from pipeline.model.export import load_model
     from pipeline.model.reward import check_tokenizer, tokenizer_sha256
+    from pipeline.progress import Progress
     from pipeline.tokenizer import load_tokenizer
     from pipeline.train.instruct import device_for, generate
 
@@ -80,10 +81,12 @@ def body(ctx: StageContext) -> dict[str, Any]:
     )
     part_dir = ctx.root / "checkpoints" / "comparisons" / key
     rows: list[dict[str, Any]] = []
+    bar = Progress(len(prompts), "comparisons: sampling", "prompts")
     for p0 in range(0, len(prompts), PART):
         part = part_dir / f"part-{p0 // PART:05d}.jsonl"
         if part.is_file():
             rows += read_jsonl(part)
+            bar.update(len(prompts[p0 : p0 + PART]))
             continue
         chunk, chunk_k, chunk_t = prompts[p0 : p0 + PART], ks[p0 : p0 + PART], temps[p0 : p0 + PART]
         flat = [
@@ -107,6 +110,8 @@ def body(ctx: StageContext) -> dict[str, Any]:
                               "scores": [judge(ex, r).score for r in responses]})  # fmt: skip
         write_jsonl(part, part_rows)
         rows += part_rows
+        bar.update(len(part_rows))
+    bar.close()
     # the labeler ranks; a second, independent one shows how often two agree (InstructGPT: ~73%)
     for r in rows:
         r["ranks"] = rank(r["scores"], cfg.noise, random.Random(f"{seed}/labeler/{r['id']}"))

@@ -128,7 +128,8 @@ def body(ctx: StageContext) -> dict[str, Any]:
             # the file also names the task's training items: new data (another mix, another way of
             # building the items) starts a new run instead of meeting a checkpoint it cannot resume
             r = train_variant(pretrained, layers, task, train_ex, test_ex, cfg, seed, device,
-                              ckpt_dir / f"{task.name}-{variant}-{data_key}.pt", log)  # fmt: skip
+                              ckpt_dir / f"{task.name}-{variant}-{data_key}.pt", log,
+                              progress=f"finetune: {task.name}, {variant.replace('_', ' ')}")  # fmt: skip
             model, pred = r["model"], r["pred"]
             res[variant] = r["metrics"]
             res["train"][variant] = r["train"]

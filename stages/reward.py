@@ -105,7 +105,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
     sup = supervised_config(cfg)
     trainer = SupervisedTrainer(
         model, reward_loss, shuffled_batches(train_groups, cfg.batch_size, seed, reward_batch), sup, seed=seed,
-        device=device, checkpoint=ckpt, evaluate=evaluate, log=log, dist=dist,
+        device=device, checkpoint=ckpt, evaluate=evaluate, log=log, dist=dist, progress="reward",
     )  # fmt: skip
     result = trainer.run()
     if not dist.main:  # under torchrun, rank 0 alone evaluates and writes the outputs

@@ -115,8 +115,8 @@ def body(ctx: StageContext) -> dict[str, Any]:
     log = (lambda m, step: ctx.tracker.log_metrics(m, step=step)) if ctx.tracker else None
     sup = supervised_config(cfg)
     batches = shuffled_batches(train_items, cfg.batch_size, seed, sft_batch)
-    trainer = SupervisedTrainer(model, lm_loss, batches, sup, seed=seed, device=device,
-                                checkpoint=ckpt_dir / "ckpt.pt", evaluate=evaluate, log=log, dist=dist)  # fmt: skip
+    trainer = SupervisedTrainer(model, lm_loss, batches, sup, seed=seed, device=device, checkpoint=ckpt_dir / "ckpt.pt",
+                                evaluate=evaluate, log=log, dist=dist, progress="sft")  # fmt: skip
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     result = trainer.run()
     if not dist.main:  # under torchrun, rank 0 alone evaluates and writes the outputs

@@ -365,3 +365,21 @@ def test_reward_stage_with_nproc_per_node_2_trains_under_torchrun(tmp_path: Path
     assert m["perf"]["world_size"] == 2 and m["train"]["steps"] == 60
     assert m["val"]["pair_acc"] > 0.8
     assert (tmp_path / "data" / "reward" / "model" / "reward_head.safetensors").is_file()
+
+
+def test_the_supervised_loop_shows_its_steps_on_the_terminal(monkeypatch, capsys) -> None:
+    """SFT, the reward model and fine-tuning name their loop (``progress=``): with output that is not a
+    terminal, a line per interval gives the steps done, the loss and the ETA, and one closes it."""
+    from pipeline.train.supervised import SupervisedConfig, SupervisedTrainer, lm_loss
+
+    monkeypatch.setenv("LINEAGE_PROGRESS", "lines")
+    monkeypatch.setenv("LINEAGE_PROGRESS_INTERVAL", "0")
+    g = torch.Generator().manual_seed(0)
+    data = [{"tokens": torch.randint(0, 64, (2, 17), generator=g)} for _ in range(3)]
+    cfg = SupervisedConfig(epochs=1, dtype="float32")
+    SupervisedTrainer(tiny(64), lm_loss, lambda epoch: data, cfg, progress="sft").run()
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("sft: 1/3 steps (33%), loss ") and "ETA" in lines[0]
+    assert lines[-1].startswith("sft: 3/3 steps (100%), loss ") and " in 0m" in lines[-1]
+    SupervisedTrainer(tiny(64), lm_loss, lambda epoch: data, cfg).run()  # no label, no lines
+    assert capsys.readouterr().err == ""

@@ -182,9 +182,10 @@ def task_metrics(task: Task, outputs: np.ndarray, seed: int) -> tuple[dict[str, 
 def train_variant(pretrained: GPT, layers: int | None, task: Task, train_ex: Sequence[Any], test_ex: Sequence[Any],
                   cfg: Any, seed: int, device: torch.device, checkpoint: Any = None,
                   log: Callable[[dict[str, float], int], None] | None = None,
-                  lm_coef: float | None = None) -> dict[str, Any]:  # fmt: skip
+                  lm_coef: float | None = None, progress: str | None = None) -> dict[str, Any]:  # fmt: skip
     """Fine-tune one model (``layers`` transferred, see build_model) on ``task`` with the recipe in
-    ``cfg`` (a FinetuneConfig) and score it on the test side: ``{model, metrics, pred, outputs, train}``."""
+    ``cfg`` (a FinetuneConfig) and score it on the test side: ``{model, metrics, pred, outputs, train}``.
+    ``progress``: a label to show the training steps on the terminal under."""
     from pipeline.train.supervised import SupervisedConfig, SupervisedTrainer
 
     coef = cfg.lm_coef if lm_coef is None else lm_coef
@@ -202,7 +203,7 @@ def train_variant(pretrained: GPT, layers: int | None, task: Task, train_ex: Seq
     trainer = SupervisedTrainer(
         model, objective(coef, task.regression), epoch_batches(train_ex, cfg.batch_size, seed, task.regression),
         train_cfg, seed=seed, device=device, checkpoint=checkpoint, evaluate=evaluate if cfg.eval_interval else None,
-        log=log,
+        log=log, progress=progress,
     )  # fmt: skip
     result = trainer.run()
     outputs = predict(model, test_ex, cfg.batch_size, task.regression, device)

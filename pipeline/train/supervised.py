@@ -126,6 +126,7 @@ class SupervisedTrainer:
     log: Callable[[dict[str, float], int], None] | None = None
     history: list[dict[str, float]] = field(default_factory=list)
     dist: Dist = field(default_factory=Dist)
+    progress: str | None = None  # a label: the loop's steps on the terminal (pipeline/progress.py)
 
     def __post_init__(self) -> None:
         self.model.to(self.device)
@@ -238,6 +239,18 @@ class SupervisedTrainer:
         return out
 
     def run(self) -> dict[str, float]:
+        bar = None
+        if self.progress and self.dist.main:
+            from pipeline.progress import Progress
+
+            bar = Progress(self.total_steps, self.progress, "steps", initial=self.step)
+        try:
+            return self._run(bar)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _run(self, bar: Any) -> dict[str, float]:
         self.model.train()
         t0 = time.perf_counter()
         last: dict[str, float] = {}
@@ -250,6 +263,8 @@ class SupervisedTrainer:
                 epoch_batches, loaded_epoch = self.batches(epoch), epoch
             last = self.train_step(epoch_batches[k * accum : (k + 1) * accum])
             self.step += 1
+            if bar is not None:
+                bar.update(1, loss=last["train/loss"])
             if self.log is not None and (
                 self.step % self.cfg.log_interval == 0 or self.step == self.total_steps
             ):
