@@ -53,6 +53,13 @@ def setup_distributed(device_pref: str) -> tuple[Dist, torch.device]:
     return Dist(), torch.device("cuda" if want_cuda else "cpu")
 
 
+def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    """Mixed precision in ``dtype`` on ``device``; float32 runs as is."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
 def autocast_dtype(pref: str, device: torch.device) -> torch.dtype:
     if pref == "float32":
         return torch.float32
@@ -200,7 +207,7 @@ class Trainer:
             for chunk in windows.split(self.cfg.batch_size):
                 chunk = chunk.to(self.device)
                 x, y = chunk[:, :-1].clamp(min=0), chunk[:, 1:]
-                with self._autocast():
+                with autocast(self.device, self.dtype):
                     logits, _ = self.model(x)
                 loss_sum += F.cross_entropy(
                     logits.float().view(-1, logits.size(-1)), y.reshape(-1), ignore_index=-1, reduction="sum"
@@ -216,11 +223,6 @@ class Trainer:
         self.model.train()
         return out
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
-
     # -- training
     def train_step(self) -> float:
         """One optimizer step over the global batch; returns the mean micro-batch loss."""
@@ -234,7 +236,7 @@ class Trainer:
             x, y = x.to(self.device), y.to(self.device)
             sync = a == accum - 1 or self.dist.world_size == 1
             ctx = contextlib.nullcontext() if sync else self.runner.no_sync()
-            with ctx, self._autocast():
+            with ctx, autocast(self.device, self.dtype):
                 _, loss = self.runner(x, y)
             (loss / accum).backward()
             total += loss.detach().float()  # one host sync per step, not per micro-batch

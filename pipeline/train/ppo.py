@@ -55,6 +55,7 @@ from pipeline.model.gpt import GPT
 from pipeline.model.reward import RewardModel
 from pipeline.train.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.train.instruct import left_pad
+from pipeline.train.loop import autocast
 
 
 # ------------------------------------------------------------------------------------------ models
@@ -403,20 +404,13 @@ class PPOTrainer:
             out.append(self.prompts[order[j]])
         return out
 
-    def autocast(self) -> Any:
-        import contextlib
-
-        if self.dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
-
     @torch.no_grad()
     def score(self, ep: Episodes, model: GPT | None = None) -> dict[str, torch.Tensor]:
         """Everything PPO needs about sampled episodes, from ``model`` (default: the policy)."""
         model = model or self.policy
         was = model.training
         model.eval()
-        with self.autocast():
+        with autocast(self.device, self.dtype):
             logp, ent = token_logprobs(model, ep, entropy=True)
             ref_logp, _ = token_logprobs(self.ref, ep)
             values = token_values(self.value, ep).float()
@@ -427,7 +421,7 @@ class PPOTrainer:
     # -- one iteration
     def rollout(self) -> tuple[Episodes, dict[str, torch.Tensor], float]:
         t0 = time.perf_counter()
-        with self.autocast():
+        with autocast(self.device, self.dtype):
             ep = sample_episodes(self.policy, self.prompt_batch(self.step), self.cfg.max_new_tokens,
                                  self.end_id, temperature=1.0, generator=self.generator("rollout", self.step),
                                  device=self.device)  # fmt: skip
@@ -467,14 +461,14 @@ class PPOTrainer:
                 ptx = None
                 if cfg.ptx_coef > 0 and self.ptx is not None:
                     ptx = tuple(t.to(self.device) for t in self.ptx(u))
-                with self.autocast():
+                with autocast(self.device, self.dtype):
                     loss, stats = policy_objective(self.policy, mb, cfg, ptx)
                 self.opt_policy.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip)
                 self.opt_policy.step()
-                with self.autocast():
+                with autocast(self.device, self.dtype):
                     v = token_values(self.value, sub).float()
                     vloss, vstats = clipped_value_loss(
                         v, s["values"][rows, :L], a["returns"][rows, :L], sub.actions.float(), cfg.cliprange_value

@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.train.checkpoint import load_checkpoint, save_checkpoint
-from pipeline.train.loop import Dist, autocast_dtype
+from pipeline.train.loop import Dist, autocast, autocast_dtype
 
 LossFn = Callable[[torch.nn.Module, Any], tuple[torch.Tensor, dict[str, float]]]
 
@@ -187,18 +187,13 @@ class SupervisedTrainer:
             save_checkpoint(self.checkpoint, self._state())
 
     # -- running
-    def autocast(self) -> contextlib.AbstractContextManager:
-        if self.dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
-
     @torch.no_grad()
     def run_eval(self) -> dict[str, float]:
         if self.evaluate is None or not self.dist.main:
             return {}
         was = self.model.training
         self.model.eval()
-        with self.autocast():
+        with autocast(self.device, self.dtype):
             out = self.evaluate(self.model)
         self.model.train(was)
         return out
@@ -216,7 +211,10 @@ class SupervisedTrainer:
         for i, (batch, weight) in enumerate(mine):
             batch = to_device(batch, self.device)
             sync = i == len(mine) - 1 or world == 1
-            with contextlib.nullcontext() if sync else self.runner.no_sync(), self.autocast():
+            with (
+                contextlib.nullcontext() if sync else self.runner.no_sync(),
+                autocast(self.device, self.dtype),
+            ):
                 loss, metrics = self.loss_fn(self.runner, batch)
             (loss * weight).backward()  # DDP then averages over ranks: the mean over all n
             counted = 1.0 if weight else 0.0  # the same keys on every rank, for the all-reduce
