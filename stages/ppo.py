@@ -55,6 +55,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
     from pipeline.train.ppo import PPOTrainer, ValueModel, lm_loss_on, sample_and_score, spread_windows
 
     cfg, seed = ctx.params.ppo, ctx.params.common.seed
+    run_seed = seed if cfg.seed is None else cfg.seed  # training randomness; evaluation stays on seed
     tok_dir = ctx.input("tokenize")
     tok_file = tok_dir / "tokenizer.json"
     sha = tokenizer_sha256(tok_file)
@@ -104,7 +105,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
     meta = read_meta(tok_dir)
     ptx = None
     if cfg.ptx_coef > 0:
-        batches = TrainBatches(open_tokens(tok_dir, "train"), block, cfg.ptx_batch_size, seed)
+        batches = TrainBatches(open_tokens(tok_dir, "train"), block, cfg.ptx_batch_size, run_seed)
         ptx = lambda u: batches.get(u, 0)  # noqa: E731
     inputs = [sft_dir / "model.safetensors", rm_dir / "model.safetensors", rm_dir / "reward_head.safetensors",
               tok_file, inst / "ppo.jsonl", inst / "eval.jsonl"]  # fmt: skip
@@ -128,7 +129,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
 
     log = (lambda m, step: ctx.tracker.log_metrics(m, step=step)) if ctx.tracker else None
     trainer = PPOTrainer(
-        policy, ValueModel.from_reward_model(rm), rm, prompts, chat.end, cfg, seed=seed, device=device, ptx=ptx,
+        policy, ValueModel.from_reward_model(rm), rm, prompts, chat.end, cfg, seed=run_seed, device=device, ptx=ptx,
         checkpoint=ckpt_dir / "ckpt.pt", evaluate=validate, best_dir=ckpt_dir / "best", log=log, progress=progress,
     )  # fmt: skip
     if trainer.resumed_from > 0:

@@ -306,3 +306,22 @@ def test_the_stage_keeps_the_best_gold_checkpoint_and_writes_its_figures(tmp_pat
     assert len(m["train"]["objective"]) >= 5 and "ptx_avg" in m["train"]["loss"]
     headline = json.loads((tmp_path / "metrics" / "ppo.json").read_text())
     assert "ppo_win_rate" in headline and "ppo_tax_bpb" in headline
+
+
+def test_ppo_seed_reruns_training_on_the_same_held_out_prompts(tmp_path: Path) -> None:
+    """`ppo.seed` varies rollouts and minibatches only: the test prompts stay those of common.seed, so
+    runs at several seeds compare on one set, and each seed trains in its own checkpoint folder."""
+    from pipeline.stage import run_stage
+    from stages import ppo
+
+    files = _project(tmp_path)
+    out = tmp_path / "data" / "ppo"
+    runs = []
+    for seed in (None, 7):
+        params = parse_params({**files, "ppo": {**files["ppo"], "seed": seed}})
+        m = run_stage("ppo", ppo.body, tmp_path, params, ppo.HEADLINE)
+        ids = [json.loads(line)["id"] for line in (out / "eval.jsonl").read_text().splitlines()]
+        runs.append((ids, m["train"]["objective"]))
+    assert runs[0][0] == runs[1][0]  # the same test prompts
+    assert runs[0][1] != runs[1][1]  # another training run
+    assert len(list((tmp_path / "checkpoints" / "ppo").iterdir())) == 2

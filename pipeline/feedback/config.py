@@ -152,6 +152,8 @@ class PpoConfig(Section):
     for samples of the policy itself."""
 
     steps: int = Field(40, ge=1)  # rollout batches (PPO iterations)
+    seed: int | None = None  # this run's own seed (rollouts, minibatch order, ptx windows); None =
+    # common.seed. The validation/test prompts and their sampling stay on common.seed, so seeds compare alike
     rollout_prompts: int = Field(32, ge=1)  # episodes per rollout batch
     minibatch_size: int = Field(8, ge=1)  # episodes per optimiser step
     ppo_epochs: int = Field(4, ge=1)  # passes over each rollout batch
