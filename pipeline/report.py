@@ -358,6 +358,20 @@ REPORT: dict[str, StageReport] = {
                 "tax/sft/bpb",
                 "tax/ppo/bpb",
             ),
+            Row(
+                "alignment tax: evaluate's tasks zero-shot, mean acc, pretrained / SFT / PPO",
+                "tax/zeroshot/mean/pretrain",
+                "tax/zeroshot/mean/sft",
+                "tax/zeroshot/mean/ppo",
+                fmt="pct",
+            ),
+            Row(
+                "{} zero-shot acc, pretrained / SFT / PPO",
+                "tax/zeroshot/tasks/*/pretrain",
+                "tax/zeroshot/tasks/*/sft",
+                "tax/zeroshot/tasks/*/ppo",
+                fmt="pct",
+            ),
             Row("share of step time generating", "perf/generate_share", fmt="pct"),
         ),
         (

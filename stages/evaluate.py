@@ -16,6 +16,7 @@ from typing import Any
 
 from pipeline.errors import LineageError
 from pipeline.eval.config import EvaluateConfig
+from pipeline.eval.scoring import read_task_dir, task_accuracy, validate_items
 from pipeline.io import write_csv, write_json
 from pipeline.stage import StageContext, main
 
@@ -23,43 +24,11 @@ HEADLINE = [
     "cloze/k*=models/pretrain/tasks/cloze/k*/acc", "next/k*=models/pretrain/tasks/next_passage/k*/acc",
     "synthetic/k*=models/pretrain/synthetic_mean/k*", "lm_bpb/*=models/pretrain/lm/*/bpb",
 ]  # fmt: skip
-FIELDS = {"choice": ("context", "choices", "label"), "greedy": ("context", "completion")}
 
 
 def write_jsonl(path: Path, items: list[dict[str, Any]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(it, ensure_ascii=False) + "\n" for it in items))
-
-
-def read_task_dir(directory: Path) -> tuple[str, list[dict], list[dict]]:
-    """A folder holding train.jsonl and test.jsonl in our schema; its kind and items, validated."""
-    from pipeline.io import iter_jsonl
-
-    sides = []
-    for side in ("train", "test"):
-        path = directory / f"{side}.jsonl"
-        if not path.is_file():
-            raise LineageError(f"{path}: missing (a task folder holds train.jsonl and test.jsonl)")
-        sides.append([row for _, row in iter_jsonl(path)])
-    kind = "choice" if sides[1] and "choices" in sides[1][0] else "greedy"
-    for side, items in zip(("train", "test"), sides, strict=True):
-        validate_items(kind, items, directory / f"{side}.jsonl")
-    return kind, sides[0], sides[1]
-
-
-def validate_items(kind: str, items: list[dict[str, Any]], where: Path | str) -> None:
-    if not items:
-        raise LineageError(f"{where}: no items")
-    for i, it in enumerate(items, start=1):
-        for f in FIELDS[kind]:
-            if f not in it or it[f] is None:
-                raise LineageError(
-                    f"{where}: line {i} has no {f!r} field (a {kind} task needs {', '.join(FIELDS[kind])})"
-                )
-        if kind == "choice":
-            lab, n = it["label"], len(it["choices"])
-            if isinstance(lab, bool) or not isinstance(lab, int) or not 0 <= lab < n:
-                raise LineageError(f"{where}: line {i}: label {lab!r} is outside the label set 0..{n - 1}")
 
 
 def fits(kind: str, item: dict[str, Any], encode: Any, limit: int) -> bool:
@@ -298,7 +267,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
                 for t in cfg.curve_tasks:
                     if t not in tasks:
                         continue
-                    acc = _own_score(m, encode, eot, tasks[t], cfg.batch_size, device)
+                    acc = task_accuracy(m, encode, eot, tasks[t], cfg.batch_size, device)
                     curve.append({"step": step, "task": t, "acc": round(acc, 4)})
                     ctx.tracker.log_metrics({f"curve/{t}/acc": acc}, step=step)
                 bar.update(step=step)
@@ -316,18 +285,6 @@ def body(ctx: StageContext) -> dict[str, Any]:
     write_json(ctx.out / "table.json", table)
     _figures(ctx, table, curve, cfg)
     return out
-
-
-def _own_score(
-    model: Any, encode: Any, eot: int, task: dict[str, Any], batch_size: int, device: Any
-) -> float:
-    from pipeline.eval.scoring import score_choices, score_greedy
-
-    if task["kind"] == "choice":
-        items = [([(it["context"], " " + c) for c in it["choices"]], it["label"]) for it in task["test"]]
-        s = score_choices(model, encode, eot, items, batch_size, device)
-        return float((s["pred"] == s["gold"]).mean())
-    return float(score_greedy(model, encode, eot, task["test"], batch_size, device).mean())
 
 
 def _pretrain_steps(ctx: StageContext) -> tuple[str | None, int | None]:

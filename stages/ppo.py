@@ -9,7 +9,8 @@ gold score are kept, not the last ones. The rest of the eval split is the test s
 of PPO against SFT and of SFT against the few-shot pretrained model (from data/sft/eval.jsonl), each
 with a bootstrap 95% interval, greedy and sampled; RM score, KL and exact match per family. The
 alignment tax is the pretraining validation loss and bits per byte on a fixed subset of
-data/tokenize/val.bin before (pretrained and SFT models) and after (the kept policy).
+data/tokenize/val.bin before (pretrained and SFT models) and after (the kept policy), and the
+zero-shot accuracy of the same models on the evaluate stage's tasks (data/evaluate/tasks).
 
 Writes ``model/`` (the kept policy: safetensors + config.json + chat.json), ``eval.jsonl``,
 ``samples.md`` and ``plots/``. Resumable from checkpoints/ppo/<run key>/.
@@ -21,6 +22,7 @@ import json
 import math
 import random
 import sys
+from pathlib import Path
 from typing import Any
 
 from pipeline.errors import LineageError
@@ -32,7 +34,7 @@ HEADLINE = [
     "sft_vs_fewshot=eval/sft_vs_fewshot/value", "ppo_gold=eval/greedy/ppo/score", "ppo_sft_gold=eval/greedy/sft/score",
     "ppo_rm=eval/sampled/ppo/rm_score", "ppo_kl=eval/sampled/ppo/kl", "ppo_best_step=overoptimisation/best/step",
     "ppo_tax_loss=tax/delta_vs_sft/loss", "ppo_tax_bpb=tax/delta_vs_sft/bpb", "ppo_gen_share=perf/generate_share",
-    "ppo_last_win_rate=eval/greedy/win_rate/last_vs_sft/value",
+    "ppo_last_win_rate=eval/greedy/win_rate/last_vs_sft/value", "ppo_tax_zeroshot=tax/zeroshot/delta_vs_sft",
 ]  # fmt: skip
 # settings that change neither the trained weights nor which ones are kept (val_prompts does: it picks them)
 NOT_IN_RUN_KEY = {"eval_interval", "checkpoint_interval", "resume", "device", "test_prompts", "tax_windows"}
@@ -224,6 +226,11 @@ def body(ctx: StageContext) -> dict[str, Any]:
     for base in ("sft", "pretrain"):
         tax[f"delta_vs_{base}"] = {k: tax["ppo"][k] - tax[base][k] for k in ("loss", "bpb")}
     tax["last_delta_vs_sft"] = {k: tax["last"][k] - tax["sft"][k] for k in ("loss", "bpb")}
+    # the evaluate stage's tasks, zero-shot, before and after (InstructGPT's alignment tax on public
+    # tasks), where that stage has written them
+    tasks_dir = ctx.root / "data" / "evaluate" / "tasks"
+    if tasks_dir.is_dir():
+        tax["zeroshot"] = zeroshot_tax(scored, tasks_dir, chat.tok, device, kept_is_last)
 
     # the over-optimisation curve: gold and RM score against KL, at every validation
     evals = trainer.evals
@@ -305,6 +312,31 @@ def win_rate(a: list[float], b: list[float], seed: int, iters: int = 2000) -> di
     return {"value": float(points.mean()), "low": float(np.quantile(boot, 0.025)),
             "high": float(np.quantile(boot, 0.975)), "wins": int((points == 1).sum()),
             "ties": int((points == 0.5).sum()), "losses": int((points == 0).sum()), "n": len(points)}  # fmt: skip
+
+
+def zeroshot_tax(models: Any, tasks_dir: Path, tok: Any, device: Any, kept_is_last: bool) -> dict[str, Any]:
+    """Zero-shot accuracy of each (name, model) on every task folder under ``tasks_dir`` (the
+    evaluate stage's test items, scored by lm-eval's rules), their mean over tasks, and PPO - SFT."""
+    from pipeline.eval.inputs import text_encoder
+    from pipeline.eval.scoring import read_task_dir, task_accuracy
+    from pipeline.tokenizer import eot_id
+
+    encode, eot = text_encoder(tok), eot_id(tok)
+    tasks = {}
+    for d in sorted(p for p in tasks_dir.iterdir() if p.is_dir()):
+        kind, _, test = read_task_dir(d)
+        tasks[d.name] = {"kind": kind, "test": test}
+    if not tasks:
+        return {}
+    acc = {name: {t: task_accuracy(m, encode, eot, task, 64, device) for t, task in tasks.items()}
+           for name, m in models}  # fmt: skip
+    if kept_is_last:
+        acc["last"] = acc["ppo"]
+    mean = {name: sum(a.values()) / len(a) for name, a in acc.items()}
+    return {"items": {t: len(task["test"]) for t, task in tasks.items()},
+            "tasks": {t: {name: acc[name][t] for name in acc} for t in tasks},
+            "mean": mean, "delta_vs_sft": mean["ppo"] - mean["sft"],
+            "last_delta_vs_sft": mean["last"] - mean["sft"]}  # fmt: skip
 
 
 def _mean(xs: list[float]) -> float:

@@ -157,9 +157,9 @@ def run(root, extra=None):
 
 def test_a_tiny_model_is_evaluated_end_to_end_through_lm_eval(project):
     from pipeline.eval.inputs import text_encoder
+    from pipeline.eval.scoring import task_accuracy
     from pipeline.model.export import load_model
     from pipeline.tokenizer import load_tokenizer
-    from stages.evaluate import _own_score
 
     m = run(project, {"evaluate": {"models": ["pretrain"]}})
     out = project / "data" / "evaluate"
@@ -189,7 +189,7 @@ def test_a_tiny_model_is_evaluated_end_to_end_through_lm_eval(project):
     for task in ("next_passage", "cloze"):
         items = [json.loads(x) for x in (out / "tasks" / task / "test.jsonl").read_text().splitlines()]
         kind = "choice" if task == "next_passage" else "greedy"
-        ours = _own_score(model, text_encoder(tok), 0, {"kind": kind, "test": items}, 16, "cpu")
+        ours = task_accuracy(model, text_encoder(tok), 0, {"kind": kind, "test": items}, 16, "cpu")
         assert ours == pytest.approx(res["tasks"][task]["k0"]["acc"], abs=1e-9)
 
 

@@ -269,6 +269,14 @@ def _project(root: Path) -> dict:
     evals = [record("eval", i) for i in range(10)]
     for split, rows in (("ppo", [record("ppo", i) for i in range(8)]), ("eval", evals)):
         (inst / f"{split}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))
+    tasks = data / "evaluate" / "tasks"  # the evaluate stage's tasks: a choice one and a greedy one
+    items = {"choice": [{"context": f"What is {i} + 1?", "choices": [str(i + 1), "sum", "numbers"], "label": 0}
+                        for i in range(6)],
+             "greedy": [{"context": "The sum of", "completion": " numbers."}] * 4}  # fmt: skip
+    for kind, rows_ in items.items():
+        for side in ("train", "test"):
+            (tasks / kind).mkdir(parents=True, exist_ok=True)
+            (tasks / kind / f"{side}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows_))
     (data / "sft" / "eval.jsonl").write_text("".join(
         json.dumps({"id": e["id"], "response": e["reference"] + "<|end|>", "fewshot": ""}) + "\n" for e in evals
     ))  # fmt: skip
@@ -302,10 +310,16 @@ def test_the_stage_keeps_the_best_gold_checkpoint_and_writes_its_figures(tmp_pat
         set(m["tax"]) >= {"pretrain", "sft", "ppo", "delta_vs_sft"}
         and m["tax"]["pretrain"] == m["tax"]["sft"]
     )
+    # the alignment tax on the evaluate stage's tasks, zero-shot: pretrained and SFT share weights here
+    z = m["tax"]["zeroshot"]
+    assert z["items"] == {"choice": 6, "greedy": 4} and set(z["mean"]) == {"pretrain", "sft", "ppo", "last"}
+    assert all(z["tasks"][t]["pretrain"] == z["tasks"][t]["sft"] for t in z["tasks"])
+    assert all(0 <= a <= 1 for t in z["tasks"].values() for a in t.values())
+    assert z["delta_vs_sft"] == z["mean"]["ppo"] - z["mean"]["sft"]
     assert 0 < m["perf"]["generate_share"] < 1
     assert len(m["train"]["objective"]) >= 5 and "ptx_avg" in m["train"]["loss"]
     headline = json.loads((tmp_path / "metrics" / "ppo.json").read_text())
-    assert "ppo_win_rate" in headline and "ppo_tax_bpb" in headline
+    assert "ppo_win_rate" in headline and "ppo_tax_bpb" in headline and "ppo_tax_zeroshot" in headline
 
 
 def test_ppo_seed_reruns_training_on_the_same_held_out_prompts(tmp_path: Path) -> None:

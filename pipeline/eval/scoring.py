@@ -18,11 +18,17 @@ documented behaviour:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from pipeline.errors import LineageError
+
+# the fields of a task item in data/evaluate/tasks/<task>/{train,test}.jsonl, per kind
+TASK_FIELDS = {"choice": ("context", "choices", "label"), "greedy": ("context", "completion")}
 
 
 def encode_pair(encode: Callable[[str], list[int]], context: str, continuation: str,
@@ -98,3 +104,45 @@ def score_greedy(model: Any, encode: Callable[[str], list[int]], eot: int, items
     """lm-eval's ``acc`` of a loglikelihood task: 1 where greedy decoding reproduces the completion."""
     pairs = [encode_pair(encode, it["context"], it["completion"], eot) for it in items]
     return np.array([float(g) for _, g in loglikelihoods(model, pairs, batch_size, device)])
+
+
+def task_accuracy(model: Any, encode: Callable[[str], list[int]], eot: int, task: dict[str, Any],
+                  batch_size: int = 32, device: torch.device | str = "cpu") -> float:  # fmt: skip
+    """Zero-shot ``acc`` of ``task`` ({kind, test}) by the rules above: the likeliest choice, or the
+    completion reproduced greedily."""
+    if task["kind"] == "choice":
+        items = [([(it["context"], " " + c) for c in it["choices"]], it["label"]) for it in task["test"]]
+        s = score_choices(model, encode, eot, items, batch_size, device)
+        return float((s["pred"] == s["gold"]).mean())
+    return float(score_greedy(model, encode, eot, task["test"], batch_size, device).mean())
+
+
+def read_task_dir(directory: Path) -> tuple[str, list[dict], list[dict]]:
+    """A folder holding train.jsonl and test.jsonl in our schema; its kind and items, validated."""
+    from pipeline.io import iter_jsonl
+
+    sides = []
+    for side in ("train", "test"):
+        path = directory / f"{side}.jsonl"
+        if not path.is_file():
+            raise LineageError(f"{path}: missing (a task folder holds train.jsonl and test.jsonl)")
+        sides.append([row for _, row in iter_jsonl(path)])
+    kind = "choice" if sides[1] and "choices" in sides[1][0] else "greedy"
+    for side, items in zip(("train", "test"), sides, strict=True):
+        validate_items(kind, items, directory / f"{side}.jsonl")
+    return kind, sides[0], sides[1]
+
+
+def validate_items(kind: str, items: list[dict[str, Any]], where: Path | str) -> None:
+    if not items:
+        raise LineageError(f"{where}: no items")
+    for i, it in enumerate(items, start=1):
+        for f in TASK_FIELDS[kind]:
+            if f not in it or it[f] is None:
+                raise LineageError(
+                    f"{where}: line {i} has no {f!r} field (a {kind} task needs {', '.join(TASK_FIELDS[kind])})"
+                )
+        if kind == "choice":
+            lab, n = it["label"], len(it["choices"])
+            if isinstance(lab, bool) or not isinstance(lab, int) or not 0 <= lab < n:
+                raise LineageError(f"{where}: line {i}: label {lab!r} is outside the label set 0..{n - 1}")
