@@ -106,7 +106,9 @@ def test_tiny_profile_then_exact_reruns_and_a_clean_workspace(repo: Path):
     # and the comparison fits a terminal
     exp = sh(["dvc", "exp", "run", "-S", "finetune.lm_coef=0"], repo, timeout=600)
     assert exp.returncode == 0, exp.stdout[-3000:] + exp.stderr[-3000:]
-    assert ran(exp.stdout) == downstream("finetune")
+    # evaluate scores the fine-tuned models, so it reruns; ppo reads only evaluate's task files, which
+    # the change leaves byte for byte as they were, so DVC keeps ppo
+    assert ran(exp.stdout) == [s for s in downstream("finetune") if s != "ppo"]
     diff = sh(["dvc", "metrics", "diff"], repo)
     assert diff.returncode == 0 and "metrics/finetune.json" in diff.stdout, diff.stdout + diff.stderr
     assert max(map(len, diff.stdout.splitlines())) <= 120
