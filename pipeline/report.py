@@ -504,8 +504,34 @@ def hardware() -> dict[str, str]:
         "cores": f"{cores} usable of {os.cpu_count()}",
         "memory": mem,
         "GPU": "; ".join(gpu.splitlines()) or "none",
+        "CPU bf16": "native" if _cpu_bf16() else "emulated (float32 is faster)",
         "OS": f"{platform.system()} {platform.release()}",
     }
+
+
+def _cpu_bf16() -> bool:
+    from pipeline.train.loop import cpu_bf16_native
+
+    return cpu_bf16_native()
+
+
+def compute_dtypes(root: Path, stages: Sequence[str]) -> str:
+    """The dtype each torch stage resolved (``perf.dtype`` of its metrics), e.g. ``float32`` or
+    ``bfloat16 (ppo: float32)`` when stages differ."""
+    got: dict[str, str] = {}
+    for stage in stages:
+        path = root / "data" / stage / "metrics.json"
+        try:
+            dtype = json.loads(path.read_text()).get("perf", {}).get("dtype") if path.is_file() else None
+        except (OSError, ValueError, AttributeError):
+            dtype = None
+        if isinstance(dtype, str):
+            got[stage] = dtype
+    if not got:
+        return ""
+    common = max(set(got.values()), key=list(got.values()).count)
+    others = ", ".join(f"{s}: {d}" for s, d in got.items() if d != common)
+    return f"{common} ({others})" if others else common
 
 
 def software() -> dict[str, str]:
@@ -727,6 +753,9 @@ def build(
         if spec.samples and (root / "data" / stage / spec.samples).is_file():
             rep.dropped += dropped_rows(stage, json.loads((root / "data" / stage / spec.samples).read_text()))
     rep.timings.append(("total", fmt(total_wall, "s"), fmt(total_overhead, "s")))
+    dtypes = compute_dtypes(root, order)
+    if dtypes:
+        rep.header["run"] = {**rep.header["run"], "compute dtype": dtypes}
     return rep
 
 

@@ -197,7 +197,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
     val = open_tokens(tok_dir, "val")
     sources = list(meta["sources"])
     tpb = tokens_per_byte(meta)
-    dtype = autocast_dtype("auto", device)
+    dtype = autocast_dtype(cfg.dtype, device)
     models = find_models(ctx, cfg)
     if not models:
         raise LineageError(f"evaluate.models: none of {cfg.models} exists; run `dvc repro pretrain` first")
@@ -284,6 +284,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
     write_csv(ctx.out / "plots" / "checkpoints.csv", curve)
     write_json(ctx.out / "table.json", table)
     _figures(ctx, table, curve, cfg)
+    out["perf"] = {"device": str(device), "dtype": str(dtype).removeprefix("torch.")}
     return out
 
 

@@ -124,7 +124,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
                 "val/end_rate": _mean([float(e) for e in got["ended"]]),
                 "val/length": _mean([float(len(i)) for i in got["ids"]])}  # fmt: skip
 
-    bar = Progress(cfg.steps, "ppo", "steps")
+    bar = Progress(cfg.steps, f"ppo ({cfg.dtype})", "steps")
 
     def progress(step: int, m: dict[str, float]) -> None:
         bar.update(1, reward=m["objective/rlhf_reward"], kl=m["objective/kl"])
@@ -294,7 +294,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
         "perf": {"train_s": result["train_s"], "step_s": _mean(steps), "generate_s": _mean(gens),
                  "generate_share": sum(gens) / sum(steps) if steps else 0.0,
                  "resumed_from_step": trainer.resumed_from, "device": str(device),
-                 "threads": torch.get_num_threads()},
+                 "dtype": str(trainer.dtype).removeprefix("torch."), "threads": torch.get_num_threads()},
     }  # fmt: skip
 
 

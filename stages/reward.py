@@ -175,7 +175,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
             "demo_std": _std([d - shift for d in demo_rewards]),
         },
         "perf": {"train_s": result["train_s"], "resumed_from_step": trainer.resumed_from, "device": str(device),
-                 "world_size": dist.world_size},
+                 "world_size": dist.world_size, "dtype": str(trainer.dtype).removeprefix("torch.")},
     }  # fmt: skip
 
 

@@ -166,7 +166,8 @@ def body(ctx: StageContext) -> dict[str, Any]:
         "val": {"best_loss": best["loss"], "best_step": best.get("step", -1), "last_loss": result.get("val/loss")},
         "eval": {"sft": sft_summary, "fewshot": {**base_summary, "shots": shots_used}},
         "perf": {"train_s": result["train_s"], "examples_per_s": result["examples_per_s"],
-                 "resumed_from_step": trainer.resumed_from, "device": str(device), "world_size": dist.world_size},
+                 "resumed_from_step": trainer.resumed_from, "device": str(device), "world_size": dist.world_size,
+                 "dtype": str(trainer.dtype).removeprefix("torch.")},
     }  # fmt: skip
 
 

@@ -76,7 +76,7 @@ class FinetuneConfig(Section):
     eval_interval: int = Field(0, ge=0)  # steps between test evaluations during training; 0 = at the end
     checkpoint_interval: int = Field(50, ge=0)
     resume: bool = True
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16"] | None = None  # None = common.dtype
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     @field_validator("tasks")
@@ -113,6 +113,7 @@ class EvaluateConfig(Section):
     batch_size: int = Field(64, ge=1)
     curve_tasks: list[str] = ["next_passage", "cloze"]  # scored at every kept pretraining checkpoint
     lm_windows: int = Field(32, ge=1)  # validation windows per source for perplexity / bits per byte
+    dtype: Literal["auto", "float32", "bfloat16"] | None = None  # None = common.dtype
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     @field_validator("num_fewshot")

@@ -90,7 +90,7 @@ class TrainSection(Section):
     eval_interval: int = Field(0, ge=0)  # steps; 0 = only at the end
     checkpoint_interval: int = Field(50, ge=0)
     resume: bool = True
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16"] | None = None  # None = common.dtype
     device: Literal["auto", "cpu", "cuda"] = "auto"
     nproc_per_node: int = Field(1, ge=1)  # > 1: the stage relaunches itself under torchrun (DDP);
     # batch_size is per process, so the global batch grows with it
@@ -182,7 +182,8 @@ class PpoConfig(Section):
     tax_windows: int = Field(32, ge=1)  # pretraining validation windows for the alignment tax
     checkpoint_interval: int = Field(10, ge=0)
     resume: bool = True
-    dtype: Literal["float32", "bfloat16"] = "float32"  # ratios of log-probabilities want float32
+    # ratios of log-probabilities want float32; None = common.dtype
+    dtype: Literal["auto", "float32", "bfloat16"] | None = "float32"
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     @model_validator(mode="after")

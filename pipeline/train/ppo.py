@@ -55,7 +55,7 @@ from pipeline.model.gpt import GPT
 from pipeline.model.reward import RewardModel
 from pipeline.train.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.train.instruct import left_pad
-from pipeline.train.loop import autocast
+from pipeline.train.loop import autocast, autocast_dtype
 
 
 # ------------------------------------------------------------------------------------------ models
@@ -343,7 +343,7 @@ class PPOTrainer:
         self.elapsed = 0.0
         self.resumed_from = -1
         self.best: dict[str, float] = {"value": -math.inf, "step": -1}
-        self.dtype = torch.bfloat16 if self.cfg.dtype == "bfloat16" else torch.float32
+        self.dtype = autocast_dtype(self.cfg.dtype, self.device)
         torch.manual_seed(self.seed)
         if self.checkpoint is not None and self.cfg.resume and self.checkpoint.is_file():
             self._restore(load_checkpoint(self.checkpoint, self._config_tag()))

@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.train.checkpoint import load_checkpoint, save_checkpoint
-from pipeline.train.loop import Dist, autocast, autocast_dtype
+from pipeline.train.loop import Dist, autocast, autocast_dtype, dtype_name
 
 LossFn = Callable[[torch.nn.Module, Any], tuple[torch.Tensor, dict[str, float]]]
 
@@ -241,7 +241,7 @@ class SupervisedTrainer:
         if self.progress and self.dist.main:
             from pipeline.progress import Progress
 
-            bar = Progress(self.total_steps, self.progress, "steps", initial=self.step)
+            bar = Progress(self.total_steps, f"{self.progress} ({dtype_name(self.dtype)})", "steps", initial=self.step)
         try:
             return self._run(bar)
         finally:
