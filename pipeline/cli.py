@@ -536,6 +536,32 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action) or text
 
 
+def cmd_dag(args: argparse.Namespace) -> int:
+    """dvc.yaml's code deps per stage against the import closure of its entry file (pipeline.dag)."""
+    from pipeline import dag
+
+    root = Path.cwd()
+    if args.write:
+        changed = dag.write(root)
+        print(
+            f"dvc.yaml: code deps rewritten for {', '.join(changed)}" if changed else "dvc.yaml: up to date"
+        )
+        return 0
+    diff = dag.differences(root)
+    for stage, (missing, extra) in diff.items():
+        for p in missing:
+            print(f"{stage}: missing {p}")
+        for p in extra:
+            print(f"{stage}: not imported {p}")
+    if diff:
+        print(
+            "dvc.yaml's code deps differ from the import closure: run `lineage dag --write`", file=sys.stderr
+        )
+        return 1
+    print("dvc.yaml: every stage's code deps are its import closure")
+    return 0
+
+
 def _known(root: Path) -> tuple[list[str], list[str]]:
     """The profiles and stages of the project in ``root``, for the help text."""
     profiles = sorted(p.stem for p in (root / "profiles").glob("*.yaml"))
@@ -669,6 +695,13 @@ def main(argv: list[str] | None = None) -> int:
         "--no-prefect", dest="prefect", action="store_false", help="MLflow's UI only (default: both)"
     )
     ui.set_defaults(fn=cmd_ui)
+    dg = sub.add_parser(
+        "dag",
+        help="check (or write) each stage's code deps in dvc.yaml against its computed import closure",
+        formatter_class=fmt,
+    )
+    dg.add_argument("--write", action="store_true", help="rewrite dvc.yaml's .py deps (default: only check)")
+    dg.set_defaults(fn=cmd_dag)
     args = ap.parse_args(argv)
     try:
         return args.fn(args)
