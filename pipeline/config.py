@@ -274,7 +274,7 @@ class MixConfig(Section):
 
     weights: dict[str, float] = Field(min_length=1)
     total_tokens: int | None = Field(None, ge=1)  # None = as many tokens as the deduplicated corpus has
-    val_fraction: float = Field(0.05, ge=0, lt=1)  # held out per source, before sampling
+    val_fraction: float = Field(0.15, ge=0, lt=1)  # held out per source, before sampling
     min_val_docs: int = Field(1, ge=0)
 
     @field_validator("weights")
@@ -349,7 +349,7 @@ class PretrainConfig(Section):
     eval_interval: int = Field(100, ge=0)  # 0: only at the end
     eval_windows: int = Field(32, ge=1)  # validation windows per source
     checkpoint_interval: int = Field(100, ge=0)
-    keep_checkpoints_every: int = Field(0, ge=0)  # > 0: keep the weights at every multiple of it
+    keep_checkpoints_every: int = Field(100, ge=0)  # > 0: keep the weights at every multiple of it
     resume: bool = True  # continue from checkpoints/pretrain/<run key>/ckpt.pt when it exists
     peak_flops: float | None = Field(None, gt=0)  # per device, for MFU; None = measured matmul peak at start
     sample_tokens: int = Field(80, ge=0)

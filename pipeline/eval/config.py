@@ -54,7 +54,7 @@ class FinetuneConfig(Section):
     test_fraction: float = Field(0.5, gt=0, lt=1)  # of the documents, per source
     max_train: int = Field(480, ge=10)  # embedded tasks: items per task on the train side
     max_test: int = Field(
-        500, ge=10
+        1200, ge=10
     )  # and on the test side (>= 400 keeps each 95% interval within +-5 points)
     choices: int = Field(4, ge=2)  # next_passage: the true continuation among this many
     # the recipe: GPT-1 used lr 6.25e-5, a quarter of its pretraining peak 2.5e-4; our pretraining
