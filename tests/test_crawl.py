@@ -14,9 +14,8 @@ import pytest
 
 from pipeline.config import CrawlOptions
 from pipeline.errors import LineageError
-from pipeline.text.crawl import (
-    Fetch,
-    crawl,
+from pipeline.text.crawl import Fetch, crawl
+from pipeline.text.web import (
     crawl_delay,
     decode_body,
     extract_links,

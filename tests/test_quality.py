@@ -62,8 +62,8 @@ def test_on_the_embedded_web_prose_pages_score_above_api_pages():
     (READMEs of the other side) must read more like the reference than pydoc's API pages do."""
     from pipeline.config import CleanConfig, DistSplit, PydocSource, PythonDocsSource
     from pipeline.text.clean import clean_doc
-    from pipeline.text.crawl import extract_links
     from pipeline.text.sources import EmbeddedWeb, read_python_docs_source
+    from pipeline.text.web import extract_links
 
     split, clean_cfg = DistSplit(), CleanConfig()
     with EmbeddedWeb(PydocSource(kind="pydoc"), split) as web:

@@ -22,12 +22,14 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-import pipeline.text.crawl as crawl_mod
+import pipeline.text.netguard as netguard
 from pipeline.config import CrawlOptions, QualityConfig, WarcSource
 from pipeline.errors import LineageError
-from pipeline.text.crawl import address_allowed, crawl, host_scope, vet_addresses
+from pipeline.text.crawl import crawl
+from pipeline.text.netguard import address_allowed, vet_addresses
 from pipeline.text.quality import load_classifier, make_classifier, save_classifier
 from pipeline.text.sources import read_warc_source
+from pipeline.text.web import host_scope
 from tests.conftest import junk, prose
 
 MB = 1_000_000
@@ -236,12 +238,12 @@ def test_public_seed_may_not_reach_loopback(
 ) -> None:
     """The test server stands in for a public host: its exact address passes, every other address is
     judged as for a seed that is not on loopback."""
-    real = crawl_mod.address_allowed
+    real = netguard.address_allowed
 
     def as_public(ip: str, seed_is_loopback: bool, allow_private: bool) -> tuple[bool, str | None]:
         return (True, None) if ip == "127.0.0.1" else real(ip, False, allow_private)
 
-    monkeypatch.setattr(crawl_mod, "address_allowed", as_public)
+    monkeypatch.setattr(netguard, "address_allowed", as_public)
     port = urlsplit(server.base).port
     server.routes["/"] = lambda h: reply(h, 200, html_links(f"http://[::1]:{port}/", "/admin"))
     server.routes["/admin"] = redirect(f"http://127.0.0.2:{port}/admin")
@@ -256,8 +258,8 @@ def test_public_seed_may_not_reach_loopback(
 def test_hostnames_are_resolved_checked_and_pinned(server: Server, sent: list, monkeypatch) -> None:
     fake_dns = {"metadata.test": ["169.254.169.254"], "mixed.test": ["93.184.216.34", "10.0.0.7"],
                 "site.test": ["127.0.0.1"]}  # fmt: skip
-    real = crawl_mod.resolve_host
-    monkeypatch.setattr(crawl_mod, "resolve_host", lambda host, port: fake_dns.get(host) or real(host, port))
+    real = netguard.resolve_host
+    monkeypatch.setattr(netguard, "resolve_host", lambda host, port: fake_dns.get(host) or real(host, port))
     port = urlsplit(server.base).port
     server.routes["/"] = lambda h: reply(h, 200, html_links("http://mixed.test/"))
     server.routes["/go"] = redirect("http://metadata.test/latest/")
@@ -289,7 +291,7 @@ def test_gzip_bomb_page_is_cut_at_max_bytes_with_small_memory(server: Server) ->
     finally:
         tracemalloc.stop()
     assert (f.error, f.content) == ("too_large", None)
-    assert 2 * MB < f.nbytes <= 2 * MB + crawl_mod.INFLATE_STEP
+    assert 2 * MB < f.nbytes <= 2 * MB + netguard.INFLATE_STEP
     assert peak < 30 * MB, f"peak {peak / MB:.1f} MB"
 
 

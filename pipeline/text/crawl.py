@@ -33,43 +33,37 @@ Behaviour worth knowing (all limits come from :class:`~pipeline.config.CrawlOpti
 from __future__ import annotations
 
 import asyncio
-import codecs
 import concurrent.futures
-import email.utils
-import io
-import ipaddress
 import logging
 import re
-import socket
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC
-from urllib.parse import urljoin, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 from urllib.robotparser import RobotFileParser
 
 import httpx
-import lxml.etree
-import lxml.html
 
 from pipeline.config import CrawlOptions
 from pipeline.errors import LineageError
 from pipeline.progress import Progress
+from pipeline.text import netguard
+from pipeline.text.netguard import Inflater, _host_port, all_loopback, pinned_request
+from pipeline.text.web import (
+    ACCEPT_ENCODING,
+    HTML_TYPES,
+    _parse_content_type,
+    decode_body,
+    extract_links,
+    normalize_url,
+    retry_after_s,
+    robots_rules,
+    text_problem,
+)
 
 log = logging.getLogger(__name__)
-
-DEFAULT_PORTS = {"http": 80, "https": 443}
-HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
-MAX_BAD_CHAR_FRACTION = 0.01  # more U+FFFD than this after decoding: the page is not text we trust
-_CHARSET_RE = re.compile(r"charset\s*=\s*[\"']?\s*([\w.:-]+)", re.IGNORECASE)
-_META_CHARSET_RE = re.compile(rb"<meta[^>]*?charset\s*=\s*[\"']?\s*([\w.:-]+)", re.IGNORECASE)
-_CONTROL_RE = re.compile(r"[\x00-\x08\x0e-\x1f\x7f]")  # C0 controls other than \t \n \v \f \r, and DEL
-MAX_CONTROL_FRACTION = 0.01  # more control characters than this: bytes labelled as text, not text
-INFLATE_STEP = 64 * 1024  # most bytes one decompression step may produce
-ACCEPT_ENCODING = "gzip, deflate"  # what Inflater decodes; never let the server pick br or zstd
-ROBOTS_MAX_BYTES = 512 * 1024  # Google's limit; rules past it are ignored
 
 
 @dataclass
@@ -87,291 +81,6 @@ class Fetch:
     nbytes: int
     error: str | None
     truncated: bool = False  # cut at max_bytes (oversize: truncate)
-
-
-# ------------------------------------------------------------------------------------------ URLs
-def normalize_url(url: str, base: str | None = None) -> str | None:
-    """The one spelling of a URL used for dedup, scope and the log; None for non-http(s) or broken URLs.
-
-    User info (``user:pass@``) is dropped so credentials never reach the fetch log.
-    """
-    url = re.sub(r"[\t\n\r]", "", url).strip()  # browsers ignore these anywhere in a URL
-    if base:
-        url = urljoin(base.strip(), url)
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:  # a bad port or a broken IPv6 literal
-        return None
-    scheme = parts.scheme.lower()
-    host = parts.hostname  # urlsplit lowercases it
-    if scheme not in DEFAULT_PORTS or not host:
-        return None
-    netloc = f"[{host}]" if ":" in host else host
-    if port is not None and port != DEFAULT_PORTS[scheme]:
-        netloc = f"{netloc}:{port}"
-    return urlunsplit((scheme, netloc, _remove_dot_segments(parts.path or "/"), parts.query, ""))
-
-
-def _remove_dot_segments(path: str) -> str:
-    """RFC 3986 §5.2.4 for an absolute path: ``/a/b/../c`` -> ``/a/c``; empty segments are kept."""
-    segments = path.split("/")[1:]
-    out: list[str] = []
-    for seg in segments:
-        if seg == "..":
-            if out:
-                out.pop()
-        elif seg != ".":
-            out.append(seg)
-    if segments and segments[-1] in (".", ".."):
-        out.append("")  # '/a/b/..' names the directory '/a/'
-    return "/" + "/".join(out)
-
-
-def _hostname(url: str) -> str | None:
-    try:
-        return urlsplit(url).hostname
-    except ValueError:
-        return None
-
-
-def host_scope(seeds: list[str], allow_hosts: list[str] | None = None) -> Callable[[str], bool]:
-    """A scope predicate: the seeds' exact hosts, or (given ``allow_hosts``) those hosts and subdomains.
-
-    Ports are ignored: scope is about whose site it is, not which socket serves it.
-    """
-    if allow_hosts:
-        allowed = {_hostname("//" + h.strip().lstrip("*.")) for h in allow_hosts} - {None, ""}
-
-        def in_allowed(url: str) -> bool:
-            host = _hostname(url)
-            return bool(host) and any(host == h or host.endswith("." + h) for h in allowed)
-
-        return in_allowed
-    hosts = {_hostname(s.strip()) for s in seeds} - {None, ""}
-    return lambda url: _hostname(url) in hosts
-
-
-# ------------------------------------------------------------------------------------------ HTML
-def extract_links(html: str, base_url: str) -> list[str]:
-    """Normalised ``<a href>`` targets in document order, resolved against ``<base href>`` if present.
-
-    Parsed from UTF-8 bytes so an XML encoding declaration in the text cannot make lxml refuse it.
-    """
-    try:
-        parser = lxml.html.HTMLParser(encoding="utf-8")
-        doc = lxml.html.fromstring(html.encode("utf-8", errors="replace"), parser=parser)
-    except (lxml.etree.ParserError, ValueError):  # empty or hopeless documents have no links
-        return []
-    base = base_url
-    for el in doc.iter("base"):
-        if el.get("href"):
-            base = normalize_url(el.get("href"), base_url) or base_url
-            break
-    links: list[str] = []
-    for a in doc.iter("a"):
-        href = a.get("href")
-        url = normalize_url(href, base) if href else None
-        if url:
-            links.append(url)
-    return links
-
-
-def _parse_content_type(value: str) -> tuple[str, str | None]:
-    """('text/html', 'iso-8859-1') from 'text/html; charset="ISO-8859-1"'."""
-    media, _, params = value.partition(";")
-    m = _CHARSET_RE.search(params)
-    return media.strip().lower(), (m.group(1) if m else None)
-
-
-def _codec(name: str | None) -> str | None:
-    try:
-        return codecs.lookup(name).name if name else None
-    except LookupError:
-        return None
-
-
-def decode_body(body: bytes, charset: str | None) -> str | None:
-    """Text from the header charset, else ``<meta charset>``, else UTF-8; None if mostly undecodable.
-
-    A few bad bytes are replaced (real pages have them); past 1% the declared charset is a lie and
-    the text would poison training data, so the page is dropped instead.
-    """
-    meta = _META_CHARSET_RE.search(body[:4096])
-    enc = _codec(charset) or _codec(meta.group(1).decode("ascii") if meta else None) or "utf-8"
-    if enc == "utf-8":
-        enc = "utf-8-sig"  # drop a byte-order mark
-    try:
-        return body.decode(enc)
-    except UnicodeDecodeError:
-        text = body.decode(enc, errors="replace")
-    return None if text.count("\ufffd") > MAX_BAD_CHAR_FRACTION * len(text) else text
-
-
-def text_problem(text: str) -> str | None:
-    """Why decoded text is no document (``empty`` or ``binary``), or None when it is one.
-
-    A server can label anything text/html; an image or archive often decodes "successfully" (NUL and
-    other C0 bytes are valid UTF-8), so the decoded text itself is checked, whatever its charset was.
-    """
-    if not text.strip():
-        return "empty"
-    if "\x00" in text or len(_CONTROL_RE.findall(text)) > MAX_CONTROL_FRACTION * len(text):
-        return "binary"
-    return None
-
-
-def retry_after_s(value: str | None, now: float | None = None) -> float | None:
-    """Seconds a ``Retry-After`` asks for (delta-seconds or an HTTP-date); None if absent or unreadable."""
-    value = (value or "").strip()
-    if not value:
-        return None
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
-
-
-# ------------------------------------------------------------------------------------ addresses
-def address_allowed(ip: str, seed_is_loopback: bool, allow_private: bool) -> tuple[bool, str | None]:
-    """May the crawl connect to ``ip``? Returns (allowed, the reason it is not).
-
-    A page or a redirect must not steer the crawler into the network it runs in (cloud metadata at
-    169.254.169.254, admin ports on localhost, the intranet). Only global addresses are allowed, except
-    that a crawl whose seed is itself on loopback (the embedded pydoc server, tests) may stay on loopback,
-    and ``allow_private`` (intranet crawls) allows everything.
-    """
-    addr = ipaddress.ip_address(ip.split("%", 1)[0])  # drop an IPv6 zone id ('fe80::1%eth0')
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:  # ::ffff:127.0.0.1 is 127.0.0.1
-        addr = addr.ipv4_mapped
-    if allow_private:
-        return True, None
-    if addr.is_loopback:
-        return (True, None) if seed_is_loopback else (False, "loopback_address")
-    for attr in ("is_unspecified", "is_link_local", "is_multicast", "is_private", "is_reserved"):
-        if getattr(addr, attr):
-            return False, attr.removeprefix("is_") + "_address"
-    if not addr.is_global:  # e.g. 100.64.0.0/10, carrier-grade NAT
-        return False, "non_global_address"
-    return True, None
-
-
-def resolve_host(host: str, port: int) -> list[str]:
-    """Every address ``host`` resolves to (an IP literal as is). Raises OSError when it does not resolve."""
-    try:
-        return [str(ipaddress.ip_address(host))]
-    except ValueError:
-        pass
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return list(dict.fromkeys(str(info[4][0]) for info in infos))
-
-
-def _host_port(url: str) -> tuple[str, int]:
-    parts = urlsplit(url)
-    return parts.hostname or "", parts.port or DEFAULT_PORTS.get(parts.scheme, 80)
-
-
-def vet_addresses(
-    addrs: list[str], seed_is_loopback: bool, allow_private: bool
-) -> tuple[str | None, str | None]:
-    """(the address to connect to, None) when every address is allowed, else (None, the first reason).
-
-    All of them must pass: a name resolving to one public and one private address could be
-    connected to either.
-    """
-    if not addrs:
-        return None, "dns"
-    for ip in addrs:
-        ok, reason = address_allowed(ip, seed_is_loopback, allow_private)
-        if not ok:
-            return None, reason
-    return addrs[0], None
-
-
-def all_loopback(addrs: list[str]) -> bool:
-    """True when a seed resolves to loopback only: such a crawl may stay on loopback."""
-    return bool(addrs) and all(ipaddress.ip_address(a.split("%", 1)[0]).is_loopback for a in addrs)
-
-
-def pinned_request(url: str, ip: str) -> dict[str, object]:
-    """``build_request`` arguments that connect to the vetted ``ip`` while asking for ``url``'s host.
-
-    Connecting to the address that was checked, instead of letting the HTTP stack resolve the name
-    again, closes the DNS-rebinding gap between check and connect. The Host header and (for https)
-    the TLS server name and certificate check keep the original host.
-    """
-    u = httpx.URL(url)
-    extensions = {"sni_hostname": u.host} if u.scheme == "https" else {}
-    return {"url": str(u.copy_with(host=ip)), "headers": {"Host": u.netloc.decode("ascii")},
-            "extensions": extensions}  # fmt: skip
-
-
-# ------------------------------------------------------------------------------------ decompression
-class Inflater:
-    """Incremental decoding of a gzip / zlib stream (or identity) in steps of at most INFLATE_STEP bytes.
-
-    zlib turns 64 KiB of zeros-gzip into 64 MiB in one call, and httpx decodes a whole network chunk at
-    once, so a cap counted on its output is checked too late. Bounded steps let the caller stop at
-    its cap. Concatenated gzip members (a .warc.gz is one member per record) are decoded in turn;
-    ``member_bytes`` counts the current member's output and ``complete()`` says whether the input
-    ended between members rather than inside one (a cut file or download).
-    """
-
-    def __init__(self, encoding: str) -> None:
-        enc = encoding.strip().lower()
-        wbits = {"": None, "identity": None, "gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS,
-                 "deflate": zlib.MAX_WBITS}  # fmt: skip
-        if enc not in wbits:
-            raise ValueError(f"unsupported content encoding {encoding!r}")
-        self.wbits = wbits[enc]
-        self.member_bytes = 0
-        self._d: zlib._Decompress | None = None
-        self._started = False  # has the deflate stream produced or consumed anything yet
-
-    def feed(self, data: bytes) -> Iterator[bytes]:
-        """Decoded pieces of ``data``; consume them all before feeding more. Raises zlib.error on bad data."""
-        if self.wbits is None:
-            for i in range(0, len(data), INFLATE_STEP):
-                yield data[i : i + INFLATE_STEP]
-            return
-        pending = data
-        while pending or self._d is not None:
-            if self._d is None:
-                self._d, self.member_bytes = zlib.decompressobj(self.wbits), 0
-            out = self._decompress(pending)
-            if out:
-                self.member_bytes += len(out)
-                yield out
-            if self._d.eof:
-                pending, self._d = self._d.unused_data, None
-                if not pending:
-                    return
-            else:
-                pending = self._d.unconsumed_tail
-                if not pending and len(out) < INFLATE_STEP:
-                    return  # all input consumed and nothing buffered: wait for more
-
-    def _decompress(self, data: bytes) -> bytes:
-        """One bounded step; HTTP 'deflate' is sometimes raw deflate without the zlib header."""
-        assert self._d is not None
-        try:
-            out = self._d.decompress(data, INFLATE_STEP)
-        except zlib.error:
-            if self.wbits != zlib.MAX_WBITS or self._started:
-                raise
-            self.wbits, self._d = -zlib.MAX_WBITS, zlib.decompressobj(-zlib.MAX_WBITS)
-            out = self._d.decompress(data, INFLATE_STEP)
-        self._started = True
-        return out
-
-    def complete(self) -> bool:
-        """True when the input so far ends on a stream boundary (never inside a gzip member)."""
-        return self._d is None
 
 
 # ---------------------------------------------------------------------------------------- crawler
@@ -456,7 +165,7 @@ class _Crawler:
     async def _seed_is_loopback(self, seed: str) -> bool:
         """Whether the seed resolves to loopback only (False when it does not resolve: its fetch says so)."""
         try:
-            return all_loopback(await asyncio.to_thread(resolve_host, *_host_port(seed)))
+            return all_loopback(await asyncio.to_thread(netguard.resolve_host, *_host_port(seed)))
         except (OSError, UnicodeError):
             return False
 
@@ -592,10 +301,10 @@ class _Crawler:
         """(address to connect to, None), or (None, why not): resolved and checked before any request."""
         try:
             async with asyncio.timeout(self.opts.timeout_s):
-                addrs = await asyncio.to_thread(resolve_host, *_host_port(url))
+                addrs = await asyncio.to_thread(netguard.resolve_host, *_host_port(url))
         except (OSError, UnicodeError):
             return None, "dns"
-        return vet_addresses(addrs, loopback, self.opts.allow_private)
+        return netguard.vet_addresses(addrs, loopback, self.opts.allow_private)
 
     async def _request(self, url: str, loopback: bool, *, check_type: bool) -> _Hop:
         ip, refused = await self._vet(url, loopback)
@@ -716,67 +425,6 @@ class _Crawler:
         return _Hop(error="too_many_redirects")
 
 
-def robots_rules(
-    origin: str, status: int | None, body: bytes | None, agent: str
-) -> tuple[RobotFileParser, float]:
-    """Rules and the delay between requests for one origin; see the module docstring for each failure."""
-    rules = RobotFileParser(origin + "/robots.txt")
-    if status is not None and 200 <= status < 300 and body is not None:
-        lines = body.decode("utf-8", errors="replace").splitlines()
-        rules.parse(lines)
-        return rules, _robots_delay(rules, lines, agent)
-    if status is not None and status >= 500:
-        rules.disallow_all = True
-    else:  # 4xx, too large, or no answer at all
-        rules.allow_all = True
-    return rules, 0.0
-
-
-def _robots_delay(rules: RobotFileParser, lines: list[str], agent: str) -> float:
-    """Seconds between requests asked for by Crawl-delay or Request-rate (0 when neither is set)."""
-    delay = crawl_delay(lines, agent) or 0.0
-    rate = rules.request_rate(agent)
-    if rate and rate.requests:
-        delay = max(delay, rate.seconds / rate.requests)
-    return delay
-
-
-def crawl_delay(lines: list[str], agent: str) -> float | None:
-    """The ``Crawl-delay`` of the group that applies to ``agent`` (else ``*``), fractions included.
-
-    urllib.robotparser only reads whole numbers, so ``Crawl-delay: 0.5`` would silently mean no delay.
-    Groups and agent matching follow robotparser: consecutive User-agent lines open a group, and a
-    group applies when its token occurs in the agent's product name.
-    """
-    groups: list[tuple[list[str], float | None]] = []
-    in_agents = False
-    for raw in lines:
-        key, _, value = raw.split("#", 1)[0].partition(":")
-        key, value = key.strip().lower(), value.strip()
-        if key == "user-agent":
-            if not in_agents:
-                groups.append(([], None))
-            groups[-1][0].append(value.lower())
-            in_agents = True
-        elif key and groups:
-            in_agents = False
-            if key == "crawl-delay":
-                groups[-1] = (groups[-1][0], _nonneg_float(value))
-    product = agent.split("/")[0].lower()
-    for tokens, delay in groups:
-        if any(t != "*" and t and t in product for t in tokens):
-            return delay
-    return next((delay for tokens, delay in groups if "*" in tokens), None)
-
-
-def _nonneg_float(value: str) -> float | None:
-    try:
-        f = float(value)
-    except ValueError:
-        return None
-    return f if 0 <= f < float("inf") else None
-
-
 def _blank(url: str, depth: int, error: str | None) -> Fetch:
     return Fetch(url=url, final_url=url, status=None, content_type="", content=None, fetched_at=time.time(),
                  fetch_s=0.0, depth=depth, nbytes=0, error=error)  # fmt: skip
@@ -820,154 +468,3 @@ def crawl(
         return asyncio.run(coro)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         return pool.submit(asyncio.run, coro).result()
-
-
-# --------------------------------------------------------------------------- one guarded download
-class _Refused(Exception):
-    """A guard said no (address, redirect): turned into one LineageError line by :func:`open_url`."""
-
-
-class ResponseStream(io.RawIOBase):
-    """A streaming HTTP body as a read-only file, decoded in bounded steps (see :class:`Inflater`).
-
-    Nothing is held but the current step, so a reader such as warcio's ArchiveIterator walks a
-    multi-gigabyte download record by record. The caller counts and caps what it reads.
-    """
-
-    def __init__(self, url: str, resp: httpx.Response, client: httpx.Client | None = None) -> None:
-        super().__init__()
-        self.url, self._resp, self._client = url, resp, client  # the client is closed with us when given
-        self._inflater = Inflater(resp.headers.get("content-encoding", ""))
-        self._raw = resp.iter_raw(INFLATE_STEP)
-        self._pieces: Iterator[bytes] = iter(())
-        self._buf = memoryview(b"")
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
-        while not self._buf:
-            piece = self._next_piece()
-            if piece is None:
-                return 0
-            self._buf = memoryview(piece)
-        n = min(len(b), len(self._buf))
-        b[:n] = self._buf[:n]
-        self._buf = self._buf[n:]
-        return n
-
-    def _next_piece(self) -> bytes | None:
-        """The next decoded piece; None at a clean end. A cut or broken download is one LineageError."""
-        try:
-            while True:
-                piece = next(self._pieces, None)
-                if piece is not None:
-                    return piece
-                raw = next(self._raw, None)
-                if raw is None:
-                    if not self._inflater.complete():
-                        raise LineageError(f"{self.url}: download cut short inside its Content-Encoding")
-                    return None
-                self._pieces = self._inflater.feed(raw)
-        except httpx.HTTPError as e:  # includes a body shorter than its Content-Length
-            raise LineageError(f"{self.url}: download failed: {type(e).__name__}: {e}") from None
-        except zlib.error as e:
-            raise LineageError(f"{self.url}: bad Content-Encoding: {e}") from None
-
-    def close(self) -> None:
-        if not self.closed:
-            self._resp.close()
-            if self._client is not None:
-                self._client.close()
-        super().close()
-
-
-def open_url(
-    url: str, *, user_agent: str, timeout_s: float, max_redirects: int, allow_private: bool,
-    respect_robots: bool, what: str = "file",
-) -> ResponseStream:  # fmt: skip
-    """Stream one URL with the crawler's guards: every hop's addresses vetted before it is sent (and
-    connected to as vetted), robots.txt, our user agent, redirects followed by hand. One LineageError
-    line names the URL when anything refuses or fails."""
-    client = httpx.Client(
-        headers={"User-Agent": user_agent, "Accept-Encoding": ACCEPT_ENCODING},
-        timeout=timeout_s,
-        follow_redirects=False,
-    )
-    try:
-        try:
-            loopback = all_loopback(resolve_host(*_host_port(url)))
-        except (OSError, UnicodeError) as e:
-            raise LineageError(f"{url}: cannot fetch {what}: cannot resolve its host ({e})") from None
-        guard = (client, loopback, allow_private, max_redirects)
-        if respect_robots and not _robots_allow(url, user_agent, guard):
-            raise LineageError(f"{url}: cannot fetch {what}: robots.txt disallows it for {user_agent!r}")
-        resp = _follow(url, guard)
-        if resp.status_code >= 300:
-            resp.close()
-            raise LineageError(f"{url}: cannot fetch {what}: HTTP {resp.status_code}")
-        return ResponseStream(url, resp, client)
-    except LineageError:
-        client.close()
-        raise
-    except httpx.HTTPError as e:
-        client.close()
-        raise LineageError(f"{url}: cannot fetch {what}: {type(e).__name__}: {e}") from None
-    except _Refused as e:
-        client.close()
-        raise LineageError(f"{url}: cannot fetch {what}: {e}") from None
-
-
-_Guard = tuple[httpx.Client, bool, bool, int]  # client, seed is loopback, allow_private, max_redirects
-
-
-def _follow(url: str, guard: _Guard) -> httpx.Response:
-    """The streaming response at the end of ``url``'s redirects; each hop vetted before it is sent."""
-    client, loopback, allow_private, max_redirects = guard
-    chain = [url]
-    for _ in range(max_redirects + 1):
-        try:
-            addrs = resolve_host(*_host_port(url))
-        except (OSError, UnicodeError):
-            addrs = []
-        ip, refused = vet_addresses(addrs, loopback, allow_private)
-        if refused:
-            raise _Refused(f"refused to connect to {url}: {refused} (allow_private: true allows it)")
-        request = client.build_request("GET", **pinned_request(url, ip))  # type: ignore[arg-type]
-        resp = client.send(request, stream=True)
-        if not resp.is_redirect:
-            return resp
-        resp.close()
-        target = normalize_url(resp.headers["location"], url)
-        if target is None or target in chain:
-            raise _Refused(f"bad or looping redirect to {resp.headers['location']!r}")
-        chain.append(target)
-        url = target
-    raise _Refused(f"more than {max_redirects} redirects")
-
-
-def _robots_allow(url: str, agent: str, guard: _Guard) -> bool:
-    """robots.txt of ``url``'s origin, fetched under the same guards; same failure rules as the crawler."""
-    parts = urlsplit(url)
-    origin = f"{parts.scheme}://{parts.netloc}"
-    status, body = None, None
-    try:
-        resp = _follow(origin + "/robots.txt", guard)
-        with ResponseStream(origin + "/robots.txt", resp) as stream:
-            status = resp.status_code
-            if 200 <= status < 300:
-                body = _read_capped(stream, ROBOTS_MAX_BYTES)
-    except (httpx.HTTPError, LineageError, _Refused):
-        status, body = None, None  # no answer at all (or a refused hop): allow, like the crawler
-    rules, _ = robots_rules(origin, status, body, agent)
-    return rules.can_fetch(agent, url)
-
-
-def _read_capped(stream: io.RawIOBase, cap: int) -> bytes | None:
-    """At most ``cap`` bytes of ``stream``; None when it holds more."""
-    data = bytearray()
-    while chunk := stream.read(INFLATE_STEP):
-        data += chunk
-        if len(data) > cap:
-            return None
-    return bytes(data)

@@ -112,7 +112,7 @@ def read_http(
 
 
 def read_http_source(name: str, src: HttpSource) -> tuple[list[dict], list[dict]]:
-    from pipeline.text.crawl import host_scope, normalize_url
+    from pipeline.text.web import host_scope, normalize_url
 
     seeds = []
     for s in src.seeds:
@@ -432,7 +432,7 @@ class WarcInput(io.RawIOBase):
     """
 
     def __init__(self, raw: Any, path: str, src: WarcSource, key: str) -> None:
-        from pipeline.text.crawl import Inflater
+        from pipeline.text.netguard import Inflater
 
         super().__init__()
         self.raw, self.path, self.src, self.key = raw, path, src, key
@@ -504,7 +504,7 @@ class WarcInput(io.RawIOBase):
 def _open_stream(path: str, src: WarcSource, key: str) -> WarcInput:
     """A local file or, for an http(s) path, a download streamed under the crawler's guards."""
     if re.match(r"https?://", path):
-        from pipeline.text.crawl import open_url
+        from pipeline.text.netguard import open_url
 
         raw: Any = open_url(
             path, user_agent=src.user_agent, timeout_s=src.timeout_s, max_redirects=src.max_redirects,
@@ -600,7 +600,7 @@ def _check_whole(rec: Any, path: str, n: int) -> None:
 
 def _record_doc(name: str, src: WarcSource, rec: Any) -> dict[str, Any] | None:
     """The raw document of one wanted record; None for records that are no text document."""
-    from pipeline.text.crawl import text_problem
+    from pipeline.text.web import text_problem
 
     url = rec.rec_headers.get_header("WARC-Target-URI") or ""
     if rec.rec_type == "response":
