@@ -26,6 +26,8 @@ from pipeline.errors import LineageError
 QUIET_ENV = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "DO_NOT_TRACK": "1",
+    "DVC_NO_ANALYTICS": "1",  # no analytics daemon from `dvc` in a project without core.analytics
+    "HF_HUB_DISABLE_TELEMETRY": "1",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "TOKENIZERS_PARALLELISM": "false",
     "PREFECT_LOGGING_LOGGERS_PREFECT_LEVEL": "WARNING",
