@@ -39,7 +39,8 @@ def body(ctx: StageContext) -> dict[str, Any]:
     from pipeline.model.reward import check_tokenizer, tokenizer_sha256
     from pipeline.progress import Progress
     from pipeline.tokenizer import load_tokenizer
-    from pipeline.train.instruct import device_for, generate
+    from pipeline.train.instruct import generate
+    from pipeline.train.loop import device_for
 
     cfg, seed = ctx.params.comparisons, ctx.params.common.seed
     inst = ctx.input("instructions")

@@ -148,7 +148,6 @@ def load_finetuned_trunk(directory: Path) -> Any:
 
 
 def body(ctx: StageContext) -> dict[str, Any]:
-    import torch
 
     from pipeline.eval import harness
     from pipeline.eval.contamination import dirty_counts
@@ -158,7 +157,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
     from pipeline.model.export import to_hf
     from pipeline.progress import Progress
     from pipeline.tokenizer import eot_id, load_tokenizer, open_tokens, read_meta
-    from pipeline.train.loop import autocast_dtype
+    from pipeline.train.loop import autocast_dtype, device_for
 
     cfg, seed = ctx.params.evaluate, ctx.params.common.seed
     tok_dir = ctx.input("tokenize")
@@ -166,9 +165,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
     tokenizer = load_tokenizer(tok_file)
     encode, eot = text_encoder(tokenizer), eot_id(tokenizer)
     meta = read_meta(tok_dir)
-    device = torch.device(
-        "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
-    )
+    device = device_for(cfg.device)
     docs = read_docs(ctx.input("mix", "val"))
     block_size = json.loads((ctx.input("pretrain", "model") / "config.json").read_text())["block_size"]
     tasks = build_tasks(ctx, cfg, seed, docs, encode, block_size)

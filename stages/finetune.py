@@ -71,7 +71,6 @@ def save_classifier(model: Any, task: Task, directory: Path) -> None:
 
 
 def body(ctx: StageContext) -> dict[str, Any]:
-    import torch
 
     from pipeline.eval.finetune import encode_items, train_variant
     from pipeline.eval.inputs import check_vocab, text_encoder
@@ -79,7 +78,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
     from pipeline.eval.transforms import Specials
     from pipeline.model.export import load_model
     from pipeline.tokenizer import eot_id, load_tokenizer
-    from pipeline.train.loop import autocast_dtype
+    from pipeline.train.loop import autocast_dtype, device_for
 
     cfg, seed = ctx.params.finetune, ctx.params.common.seed
     tok_file = ctx.input("tokenize", "tokenizer.json")
@@ -95,9 +94,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
         )
     encode, eot = text_encoder(tokenizer), eot_id(tokenizer)
     max_len = min(cfg.max_len or pretrained.config.block_size, pretrained.config.block_size)
-    device = torch.device(
-        "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
-    )
+    device = device_for(cfg.device)
     tasks = build_tasks(ctx, cfg, seed)
     key = run_key(cfg, seed, NOT_IN_RUN_KEY, [model_dir / "model.safetensors", tok_file])
     ckpt_dir = ctx.root / "checkpoints" / "finetune" / key

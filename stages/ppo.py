@@ -53,7 +53,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
     from pipeline.progress import Progress
     from pipeline.tokenizer import load_tokenizer, open_tokens, read_meta
     from pipeline.train.data import TrainBatches
-    from pipeline.train.instruct import device_for
+    from pipeline.train.loop import device_for
     from pipeline.train.ppo import PPOTrainer, ValueModel, lm_loss_on, sample_and_score, spread_windows
 
     cfg, seed = ctx.params.ppo, ctx.params.common.seed

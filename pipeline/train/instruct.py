@@ -36,11 +36,6 @@ def supervised_config(cfg: TrainSection) -> SupervisedConfig:
     )  # fmt: skip
 
 
-def device_for(pref: str) -> torch.device:
-    """``auto``: CUDA when there is one, else the CPU."""
-    return torch.device("cuda" if pref == "cuda" or (pref == "auto" and torch.cuda.is_available()) else "cpu")
-
-
 # ---------------------------------------------------------------------------------------------- SFT
 def encode_demonstrations(
     chat: ChatTokens, examples: Sequence[dict[str, Any]], block_size: int

@@ -37,9 +37,14 @@ class Dist:
         return self.rank == 0
 
 
+def device_for(pref: str) -> torch.device:
+    """The device every stage runs on for a ``device`` param: ``auto`` is CUDA when there is one."""
+    return torch.device("cuda" if pref == "cuda" or (pref == "auto" and torch.cuda.is_available()) else "cpu")
+
+
 def setup_distributed(device_pref: str) -> tuple[Dist, torch.device]:
     """Join the torchrun process group when launched by torchrun (gloo on CPU, nccl on GPU)."""
-    want_cuda = device_pref == "cuda" or (device_pref == "auto" and torch.cuda.is_available())
+    want_cuda = device_for(device_pref).type == "cuda"
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         import torch.distributed as tdist
 
