@@ -32,7 +32,13 @@ capture and AOTAutograd's backward graph, no kernel generation) so that it fits 
 
 from __future__ import annotations
 
-import argparse
+import os
+
+# nothing outside the machine is reached: every input is written here (a GPU box may have no network)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import argparse  # noqa: E402
 import contextlib
 import copy
 import functools
@@ -277,11 +283,15 @@ def kv_cache_agreement(
 
     idx, mask = left_pad(prompts, model.config.block_size - new)
     idx, mask = idx.to(device), mask.to(device)
-    was = model.training
+    was, tf32 = model.training, torch.backends.cuda.matmul.allow_tf32
     model.eval()
-    a = model.generate(idx, new, temperature=0, eos_token=end, attention_mask=mask, use_cache=True)
-    b = model.generate(idx, new, temperature=0, eos_token=end, attention_mask=mask, use_cache=False)
-    model.train(was)
+    torch.backends.cuda.matmul.allow_tf32 = False  # full float32: a near tie must not flip by rounding
+    try:
+        a = model.generate(idx, new, temperature=0, eos_token=end, attention_mask=mask, use_cache=True)
+        b = model.generate(idx, new, temperature=0, eos_token=end, attention_mask=mask, use_cache=False)
+    finally:
+        model.train(was)
+        torch.backends.cuda.matmul.allow_tf32 = tf32
     width = min(a.size(1), b.size(1))
     return (a[:, :width] == b[:, :width]).float().mean().item()
 
@@ -465,9 +475,12 @@ def main(argv: list[str] | None = None) -> int:
         s["pretrain_steps"] = args.steps
     device = torch.device("cpu") if args.tiny else torch.device("cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
-        print(
-            "gpu_check: no CUDA device; run it on a GPU, or rehearse on the CPU with --tiny", file=sys.stderr
+        why = (
+            f"torch {torch.__version__} is a CPU build; install torch's CUDA wheel"
+            if torch.version.cuda is None and torch.version.hip is None
+            else "no CUDA device"
         )
+        print(f"gpu_check: {why}; run it on a GPU, or rehearse on the CPU with --tiny", file=sys.stderr)
         return 2
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
