@@ -1,7 +1,7 @@
 """One check of the GPU path, end to end, through the library's own code (pipeline/model, pipeline/train,
 pipeline/feedback): what a first hour on a GPU box should prove before any long run.
 
-    python bench/gpu_check.py            # one H100/H200: about 5 minutes
+    python bench/gpu_check.py            # one H100/H200: sized for about 5 minutes
     python bench/gpu_check.py --tiny     # the same code paths at toy size on the CPU (the test suite's)
 
 Everything it reads it writes itself, offline, under --work (default bench/out/gpu_check/):
@@ -572,7 +572,7 @@ def _f(x: Any, spec: str = ".3g") -> str:
 
 def print_table(r: dict[str, Any]) -> None:
     print(f"\ngpu_check on {r['device']} (torch {r['versions']['torch']}, compile backend {r['compile_backend']}; "
-          f"peak {r['peak_flops'] / 1e12:.0f} TFLOP/s bf16, {r['peak_source']})\n")  # fmt: skip
+          f"peak {r['peak_flops'] / 1e12:.3g} TFLOP/s bf16, {r['peak_source']})\n")  # fmt: skip
     rows = []
     for arch, p in r["pretrain"].items():
         rows.append([f"pretrain {arch} ({p['params'] / 1e6:.3g}M, T={p['block_size']})", p["steps"],
