@@ -48,12 +48,15 @@ def read_records(src: DataSource, root: Path, key: str) -> tuple[list[dict[str, 
     if src.path is not None:
         path = Path(src.path) if Path(src.path).is_absolute() else root / src.path
         origin = str(src.path)
-        if not path.is_file():
+        if path.is_dir():  # a folder saved with datasets (save_to_disk), or of parquet/JSONL files
+            records = _read_dataset(src, root, key)
+        elif not path.is_file():
             raise LineageError(f"{key}.path: {origin} not found")
-        records = _read_file(path, origin)
+        else:
+            records = _read_file(path, origin)
     else:
         origin = f"dataset {src.dataset}"
-        records = _read_dataset(src, key)
+        records = _read_dataset(src, root, key)
     if src.max_records is not None:
         records = records[: src.max_records]
     if not records:
@@ -84,19 +87,16 @@ def _read_file(path: Path, origin: str) -> list[dict[str, Any]]:
     return data
 
 
-def _read_dataset(src: DataSource, key: str) -> list[dict[str, Any]]:
-    try:
-        import datasets
+def _read_dataset(src: DataSource, root: Path, key: str) -> list[dict[str, Any]]:
+    """A Hub name, or a local copy: a ``save_to_disk`` folder, a folder of data files (relative to
+    the project root), through :func:`pipeline.hfdata.open_dataset`."""
+    from pipeline.hfdata import open_dataset
 
-        ds = datasets.load_dataset(src.dataset, src.config, split=src.split)
-    except Exception as e:  # offline, unknown name, missing split: one line for all
-        raise LineageError(
-            f"{key}.dataset: cannot load {src.dataset!r} split {src.split!r} "
-            f"({type(e).__name__}: {str(e).splitlines()[0][:120]}); offline runs need a local path "
-            "(or common.offline: false)"
-        ) from None
+    field = "path" if src.path is not None else "dataset"
+    name = src.path if src.path is not None else src.dataset
+    ds = open_dataset(name, key=f"{key}.{field}", config=src.config, split=src.split, root=root)
     n = len(ds) if src.max_records is None else min(len(ds), src.max_records)
-    return [ds[i] for i in range(n)]
+    return ds.select(range(n)).to_list()
 
 
 # ------------------------------------------------------------------------------------ demonstrations

@@ -692,18 +692,15 @@ def read_files_source(name: str, src: FilesSource, root: Path) -> list[dict]:
 
 # ---------------------------------------------------------------------------------- Hugging Face hub
 def read_hf_source(name: str, src: HfSource, root: Path) -> list[dict]:
-    import datasets
+    """Rows of a Hub data set, or of a local copy (a ``save_to_disk`` folder, a folder of parquet or
+    JSONL files, one such file; relative to the project root): :func:`pipeline.hfdata.open_dataset`."""
+    from pipeline.hfdata import open_dataset
 
     key = f"crawl.sources.{name}"
-    local = root / src.dataset
-    target = str(local) if local.exists() else src.dataset
-    try:
-        ds = datasets.load_dataset(
-            target, src.config, split=src.split, streaming=src.streaming, data_files=src.data_files
-        )
-    except Exception as e:  # datasets raises many types (ConnectionError, FileNotFoundError, ValueError...)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise LineageError(f"{key}.dataset: cannot load {src.dataset!r}: {first}") from None
+    ds = open_dataset(
+        src.dataset, key=f"{key}.dataset", config=src.config, split=src.split, streaming=src.streaming,
+        data_files=src.data_files, root=root,
+    )  # fmt: skip
     docs: list[dict] = []
     for i, row in enumerate(ds):
         if src.text_field not in row:
