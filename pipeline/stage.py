@@ -74,6 +74,16 @@ def headline_metrics(metrics: dict[str, Any], keys: Sequence[str]) -> dict[str, 
     return out
 
 
+def summary_keys(flat: dict[str, float], keys: Sequence[str]) -> set[str]:
+    """The flattened metric keys a stage's run shows as MLflow metrics: those its headline globs
+    pick and perf/; the rest stays in the metrics.json artifact. A stage that declares no headline
+    shows them all."""
+    if not keys:
+        return set(flat)
+    patterns = [_pattern(entry.rpartition("=")[2]) for entry in keys]
+    return {k for k in flat if k.startswith("perf/") or any(rx.match(k) for rx in patterns)}
+
+
 def run_stage(
     stage: str,
     body: Callable[[StageContext], dict[str, Any]],
@@ -108,7 +118,8 @@ def run_stage(
                 write_json(root / "metrics" / f"{stage}.json", headline_metrics(metrics, headline))
             except OSError as e:
                 raise LineageError(f"{root / 'metrics'}: cannot write {stage}.json ({e})") from None
-            tracker.log_metrics(flatten_metrics(metrics))
+            flat = flatten_metrics(metrics)
+            tracker.log_summary(flat, summary_keys(flat, headline), metrics)
             tracker.commit()  # deferred model registrations: only for a stage that succeeded
     return metrics
 

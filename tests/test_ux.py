@@ -1,0 +1,100 @@
+"""What a user sees first: MLflow runs that compare executions, models that load from the registry,
+a terminal that is neither noisy nor silent, and the small commands around the pipeline."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import parse_params
+from tests.conftest import files_params
+
+
+def _git(root: Path, *args: str) -> None:
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=root, check=True, capture_output=True
+    )
+
+
+@pytest.fixture
+def committed(tmp_path: Path):
+    """A git project with two stages' headline metrics and a committed params.yaml."""
+    data = files_params(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(data))
+    (tmp_path / "dvc.yaml").write_text(
+        yaml.safe_dump({"stages": {"pretrain": {"cmd": "x"}, "ppo": {"cmd": "y"}}})
+    )
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "pretrain.json").write_text(json.dumps({"val_loss": 5.12, "mfu": 0.08}))
+    (tmp_path / "metrics" / "ppo.json").write_text(json.dumps({"ppo_win_rate": 0.59}))
+    _git(tmp_path, "init", "-q")
+    _git(tmp_path, "add", ".")
+    _git(tmp_path, "commit", "-qm", "init")
+    return tmp_path, data
+
+
+def test_parent_runs_carry_headline_metrics_resolved_params_and_distinct_names(committed, monkeypatch):
+    import mlflow
+    from mlflow import MlflowClient
+
+    from pipeline import tracking
+
+    root, data = committed
+    params = parse_params(data)
+    monkeypatch.delenv(tracking.PROFILE_ENV, raising=False)
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    first = tracking.start_pipeline_run(params, root, "lineage run")
+    tracking.end_pipeline_run(params, root, first, ok=True)
+    # an experiment: ppo.seed set explicitly, params.yaml changed in the workspace
+    data2 = {**data, "ppo": {"seed": 2}}
+    (root / "params.yaml").write_text(yaml.safe_dump(data2))
+    (root / "metrics" / "ppo.json").write_text(json.dumps({"ppo_win_rate": 0.61}))
+    monkeypatch.setattr(tracking.time, "strftime", lambda f, *a: "12-03 18:00:01")
+    second = tracking.start_pipeline_run(parse_params(data2), root, "lineage run")
+    tracking.end_pipeline_run(parse_params(data2), root, second, ok=False, status="KILLED")
+
+    mlflow.set_tracking_uri(data["common"]["tracking_uri"])
+    client = MlflowClient()
+    a, b = client.get_run(first), client.get_run(second)
+    assert a.data.metrics == {"pretrain/val_loss": 5.12, "pretrain/mfu": 0.08, "ppo/ppo_win_rate": 0.59}
+    assert b.info.status == "KILLED"
+    assert b.data.params == {"ppo.seed": "2"}
+    assert a.info.run_name[:25] != b.info.run_name[:25] and "ppo.seed=2" in b.info.run_name
+
+
+def test_a_stage_seed_left_to_common_is_logged_as_the_seed_it_uses():
+    from pipeline.tracking import resolved_value
+
+    params = parse_params(files_params(Path("/tmp")))
+    assert params.ppo.seed is None
+    assert resolved_value(params, "ppo.seed", None) == 1337
+    assert resolved_value(params, "ppo.seed", 2) == 2
+    assert resolved_value(params, "mix.weights", None) is None
+
+
+def test_a_stage_run_shows_its_headline_and_perf_and_keeps_the_rest_as_an_artifact():
+    from pipeline.stage import summary_keys
+    from pipeline.tracking import Tracker
+
+    class FakeMlflow:
+        def __init__(self):
+            self.metrics, self.dicts = {}, {}
+
+        def log_metrics(self, metrics, step=None):
+            self.metrics.update(metrics)
+
+        def log_dict(self, data, name):
+            self.dicts[name] = data
+
+    flat = {f"eval/task{i}/k{k}/acc": 0.0 for i in range(40) for k in range(5)}
+    flat |= {"eval/greedy/win_rate/value": 0.6, "perf/wall_s": 3.0, "model/params": 1e5}
+    fake = FakeMlflow()
+    t = Tracker(fake)
+    t.log_summary(flat, summary_keys(flat, ["win=eval/greedy/win_rate/value"]), {"eval": "..."})
+    assert set(fake.metrics) == {"eval/greedy/win_rate/value", "perf/wall_s"}
+    assert fake.dicts == {"metrics.json": {"eval": "..."}}
+    assert t.summary["model/params"] == 1e5  # still tags the registered model
