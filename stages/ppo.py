@@ -27,7 +27,7 @@ from typing import Any
 
 from pipeline.errors import LineageError
 from pipeline.stage import StageContext, main
-from pipeline.train.checkpoint import run_key
+from pipeline.train.checkpoint import record_run, run_key
 
 HEADLINE = [
     "ppo_win_rate=eval/greedy/win_rate/ppo_vs_sft/value", "ppo_win_rate_sampled=eval/sampled/win_rate/ppo_vs_sft/value",
@@ -114,6 +114,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
     key = run_key(ctx.params.ppo, ctx.params.common.seed, NOT_IN_RUN_KEY, inputs)
     ckpt_dir = ctx.root / "checkpoints" / "ppo" / key
     ckpt_dir.mkdir(parents=True, exist_ok=True)
+    record_run(ckpt_dir, ctx.params.ppo, ctx.params.common.seed, NOT_IN_RUN_KEY)
 
     def validate(tr: PPOTrainer) -> dict[str, float]:
         got = sample_and_score(tr.eval_model, tr.ref, tr.reward, val_prompts, cfg.max_new_tokens, chat.end,

@@ -21,7 +21,7 @@ from typing import Any
 
 from pipeline.errors import LineageError
 from pipeline.stage import StageContext, launch
-from pipeline.train.checkpoint import run_key
+from pipeline.train.checkpoint import record_run, run_key
 
 HEADLINE = [
     "rm_val_acc=val/pair_acc", "rm_val_gold_acc=val/gold_pair_acc", "rm_val_top1=val/top1",
@@ -95,6 +95,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
     key = run_key(cfg, seed, NOT_IN_RUN_KEY,
                   [sft_dir / "model.safetensors", tok_file, ctx.input("comparisons", "comparisons.jsonl")])  # fmt: skip
     ckpt = ctx.root / "checkpoints" / "reward" / key / "ckpt.pt"
+    record_run(ckpt.parent, cfg, seed, NOT_IN_RUN_KEY)
 
     def evaluate(m: torch.nn.Module) -> dict[str, float]:
         rewards = score_groups(m, val_groups, cfg.batch_size, device)
