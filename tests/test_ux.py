@@ -98,3 +98,56 @@ def test_a_stage_run_shows_its_headline_and_perf_and_keeps_the_rest_as_an_artifa
     assert set(fake.metrics) == {"eval/greedy/win_rate/value", "perf/wall_s"}
     assert fake.dicts == {"metrics.json": {"eval": "..."}}
     assert t.summary["model/params"] == 1e5  # still tags the registered model
+
+
+def _lineage(root: Path, *args: str) -> subprocess.CompletedProcess:
+    import os
+    import sys
+
+    from tests.conftest import ROOT
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"}
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args], cwd=root, capture_output=True, text=True, env=env,
+        timeout=300,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_lineage_baseline_commits_this_workspaces_run_once_it_is_up_to_date(tmp_path):
+    root = tmp_path
+    (root / "params.yaml").write_text("a: 1\n")
+    (root / "dvc.yaml").write_text(
+        yaml.safe_dump({"stages": {"s": {
+            "cmd": "mkdir -p data/s metrics && cp params.yaml data/s/out && echo '{\"x\": 1}' > metrics/s.json",
+            "params": ["a"], "outs": ["data/s"], "metrics": [{"metrics/s.json": {"cache": False}}],
+        }}})
+    )  # fmt: skip
+    _git(root, "init", "-q")
+    subprocess.run([Path(__import__("sys").executable).parent / "dvc", "init", "-q"], cwd=root, check=True)
+    _git(root, "add", ".")
+    _git(root, "commit", "-qm", "project")
+    (root / "params.yaml").write_text("a: 2\n")  # changed but not run yet: no baseline of it
+    stale = _lineage(root, "baseline")
+    assert stale.returncode == 1 and stale.stderr.count("\n") == 1 and "`lineage run` first" in stale.stderr
+    subprocess.run([Path(__import__("sys").executable).parent / "dvc", "repro", "-q"], cwd=root, check=True)
+    done = _lineage(root, "baseline")
+    assert done.returncode == 0, done.stderr
+    assert "git pull && dvc pull" in done.stdout
+    head = subprocess.run(
+        ["git", "show", "--stat", "--format=%s", "HEAD"], cwd=root, capture_output=True, text=True
+    )
+    assert {"params.yaml", "dvc.lock", "metrics/s.json"} <= {
+        ln.split("|")[0].strip() for ln in head.stdout.splitlines()
+    }
+    assert not subprocess.run(["git", "status", "--porcelain", "--", "dvc.lock", "metrics"], cwd=root,
+                              capture_output=True, text=True).stdout  # fmt: skip
+    again = _lineage(root, "baseline")
+    assert again.returncode == 0 and "already" in again.stdout
+
+
+def test_lineage_run_help_says_how_to_change_a_param():
+    from tests.conftest import ROOT
+
+    out = " ".join(_lineage(ROOT, "run", "--help").stdout.split())
+    assert "-S KEY=VALUE" in out and "ppo.seed=2" in out and "lineage baseline" in out
