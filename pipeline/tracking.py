@@ -452,22 +452,43 @@ class Tracker:
     def _register(self, model: Any, name: str, weights: str | None, description: str | None) -> None:
         from mlflow import MlflowClient
 
+        from pipeline.model.gpt import GPT
+
+        tokenizer = self.root / "data" / "tokenize" / "tokenizer.json" if self.root else None
+        pyfunc = isinstance(model, GPT) and tokenizer is not None and tokenizer.is_file()
         with tempfile.TemporaryDirectory() as tmp:
             folder = self.root / "data" / self.stage / weights if weights and self.root else None
             if folder is None or not folder.is_dir():
                 folder = Path(tmp) / "model"
-                save_weights(model, folder)
-            self._mlflow.log_artifacts(str(folder), artifact_path="model")
+                if pyfunc:
+                    from pipeline.model.export import save_model
+
+                    save_model(model, folder)
+                else:
+                    save_weights(model, folder)
             digest = dvc_hash(folder)
+            if pyfunc:  # an MLflow model: `mlflow.pyfunc.load_model("models:/<name>@default")` generates
+                from pipeline.model.pyfunc import log_generator
+
+                source = log_generator(folder, tokenizer, chat=self.stage in ("sft", "ppo")).model_uri
+            else:  # a classifier or reward model: its weights, loaded with the project's code
+                self._mlflow.log_artifacts(str(folder), artifact_path="model")
         run_id = self.run_id
         client = MlflowClient()
         with contextlib.suppress(Exception):
             client.create_registered_model(
                 name,
-                description=f"gpt-lineage: the `{self.stage}` stage's model (safetensors + config.json; "
-                "load with pipeline.model.export.load_model after `mlflow artifacts download`).",
+                description=f"gpt-lineage: the `{self.stage}` stage's model. "
+                + (
+                    "An MLflow pyfunc model: `mlflow.pyfunc.load_model('models:/<name>@default')"
+                    ".predict(['a prompt'])` generates."
+                    if pyfunc
+                    else "safetensors + config.json; load with the project's code after "
+                    "`mlflow artifacts download`."
+                ),
             )
-        source = f"{self._mlflow.get_run(run_id).info.artifact_uri}/model"
+        if not pyfunc:
+            source = f"{self._mlflow.get_run(run_id).info.artifact_uri}/model"
         profile = profile_name(self.root) if self.root else "unknown"
         tags = {
             "stage": self.stage,
@@ -480,9 +501,14 @@ class Tracker:
             tags["val_loss"] = f"{self.summary['val/loss']:.4f}"
         if "model/params" in self.summary:
             tags["n_params"] = str(int(self.summary["model/params"]))
-        version = client.create_model_version(
-            name, source, run_id=run_id, tags=tags, description=description or self._describe(tags)
-        )
+        text = description or self._describe(tags)
+        if pyfunc:  # MLflow 3 registers a logged model by its models:/ URI (it links the version to it)
+            import mlflow
+
+            version = mlflow.register_model(source, name, tags=tags)
+            client.update_model_version(name, version.version, description=text)
+        else:
+            version = client.create_model_version(name, source, run_id=run_id, tags=tags, description=text)
         if profile == "default":
             client.set_registered_model_alias(name, DEFAULT_ALIAS, version.version)
 

@@ -151,3 +151,41 @@ def test_lineage_run_help_says_how_to_change_a_param():
 
     out = " ".join(_lineage(ROOT, "run", "--help").stdout.split())
     assert "-S KEY=VALUE" in out and "ppo.seed=2" in out and "lineage baseline" in out
+
+
+@pytest.mark.slow
+def test_a_registered_model_loads_from_the_registry_and_generates(tmp_path, monkeypatch):
+    """`mlflow.pyfunc.load_model("models:/gpt-lineage-sft@default")` and predict: the registry holds
+    an MLflow model, not loose files; greedy output equals GPT.generate's on the same prompt."""
+    import mlflow
+    import torch
+
+    from pipeline.config import TokenizeConfig
+    from pipeline.feedback.chat import ChatTokens
+    from pipeline.model import GPT, GPTConfig
+    from pipeline.model.export import save_model
+    from pipeline.tokenizer import save_tokenizer, train_tokenizer
+    from pipeline.tracking import stage_run
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    tok = train_tokenizer(["What is the sum of two and three? Five. Hello there."] * 20,
+                          TokenizeConfig(vocab_size=300, min_frequency=1))  # fmt: skip
+    tok_file = save_tokenizer(tok, tmp_path / "data" / "tokenize" / "tokenizer.json")
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(arch="gpt2", vocab_size=tok.get_vocab_size(), block_size=32, n_layer=1, n_head=2,
+                          n_embd=16)).eval()  # fmt: skip
+    save_model(model, tmp_path / "data" / "sft" / "model")
+    params = parse_params(files_params(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    with stage_run("sft", params, tmp_path) as tracker:
+        tracker.log_model(model, "gpt-lineage-sft", weights="model")
+        tracker.commit()
+
+    mlflow.set_tracking_uri(params.common.tracking_uri)
+    loaded = mlflow.pyfunc.load_model("models:/gpt-lineage-sft@default")
+    (reply,) = loaded.predict(["What is the sum of two and three?"], params={"max_new_tokens": 6})
+    chat = ChatTokens(tok, str(tok_file))
+    ids = chat.encode_prompt([{"role": "user", "content": "What is the sum of two and three?"}])
+    want = model.generate(torch.tensor([ids]), 6, top_k=1, eos_token=chat.end)[0, len(ids) :].tolist()
+    assert reply == tok.decode([i for i in want if i != chat.end], skip_special_tokens=True)
+    assert isinstance(reply, str)
