@@ -109,7 +109,13 @@ def run_stage(
         with stage_run(stage, params, root) as tracker:
             with atomic_dir(data / stage) as out:
                 ctx = StageContext(stage, params, root, out, orch, tracker)
-                metrics = orch.run(stage, lambda: body(ctx), params)
+                metrics = orch.run(
+                    stage,
+                    lambda: body(ctx),
+                    params,
+                    tags=[f"mlflow:{tracker.run_id}"] if tracker.run_id else [],
+                    on_flow_run=lambda fid: tracker.link_flow_run(fid, api),
+                )
                 metrics.setdefault("perf", {})
                 metrics["perf"]["wall_s"] = round(time.perf_counter() - t0, 3)
                 metrics["perf"]["flow_overhead_s"] = round(orch.overhead_s, 3)

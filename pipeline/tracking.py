@@ -418,6 +418,15 @@ class Tracker:
         if detail is not None:
             self._mlflow.log_dict(detail, "metrics.json")
 
+    def link_flow_run(self, flow_run_id: str, api_url: str | None) -> None:
+        """Tag the run with the Prefect flow run that ran the stage (its id and its page in the UI);
+        the flow run carries ``mlflow:<run id>`` the other way."""
+        self._mlflow.set_tag("prefect.flow_run_id", flow_run_id)
+        if api_url:
+            self._mlflow.set_tag(
+                "prefect.flow_run_url", f"{api_url.removesuffix('/api')}/runs/flow-run/{flow_run_id}"
+            )
+
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self._mlflow.log_artifact(str(path), artifact_path=artifact_path)
 

@@ -189,3 +189,59 @@ def test_a_registered_model_loads_from_the_registry_and_generates(tmp_path, monk
     want = model.generate(torch.tensor([ids]), 6, top_k=1, eos_token=chat.end)[0, len(ids) :].tolist()
     assert reply == tok.decode([i for i in want if i != chat.end], skip_special_tokens=True)
     assert isinstance(reply, str)
+
+
+SCRIPT = """
+import sys
+from pipeline.config import CommonConfig
+from pipeline.orchestration import Orchestrator, _drain_prefect
+ids = []
+def body():
+    print("ux-stage: step 5/10, loss 3.2", file=sys.stderr, flush=True)
+    return {"ok": 1}
+Orchestrator(CommonConfig(task_runner="threads")).run("ux-flow", body, None, tags=["mlflow:run123"],
+                                                      on_flow_run=ids.append)
+_drain_prefect()
+print("FLOW", ids[0])
+"""
+
+
+@pytest.mark.slow
+def test_a_flow_run_gets_the_stage_output_and_its_mlflow_run_while_the_terminal_stays_quiet(prefect_api):
+    """The terminal shows the stage's line once and no Prefect chatter; Prefect's log of the flow
+    run has the line, and the flow run is tagged with the MLflow run (and hands its id back)."""
+    import asyncio
+    import os
+    import sys
+    import uuid
+
+    from pipeline.orchestration import QUIET_ENV
+    from tests.conftest import ROOT
+
+    env = {**os.environ, **QUIET_ENV, "PYTHONPATH": str(ROOT), "PREFECT_API_URL": prefect_api}
+    run = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stderr.strip() == "ux-stage: step 5/10, loss 3.2", run.stderr[-2000:]
+    flow_run_id = run.stdout.split("FLOW ")[1].split()[0]
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    async def read():
+        async with get_client() as client:
+            fr = await client.read_flow_run(uuid.UUID(flow_run_id))
+            logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[fr.id])))
+            return fr, [log.message for log in logs]
+
+    fr, messages = asyncio.run(read())
+    assert "mlflow:run123" in fr.tags
+    assert "ux-stage: step 5/10, loss 3.2" in messages
+
+
+def test_the_project_prefect_server_serves_a_ui_without_analytics(prefect_api):
+    import urllib.request
+
+    with urllib.request.urlopen(f"{prefect_api}/admin/settings", timeout=30) as r:
+        server = json.loads(r.read())["server"]
+    assert server["analytics_enabled"] is False
+    assert server["ui"]["v2_enabled"] is False  # the v2 UI starts an analytics client regardless
