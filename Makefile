@@ -9,14 +9,19 @@ STAMP := $(VENV)/.installed-stamp
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
-	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	# exact pin first: a looser requirement pulls a multi-GB CUDA build
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
-	# Vega for `dvc plots show` offline, once (keeps DVC's CDN page if the registry is unreachable)
-	$(PY) -m pipeline.vega
-	touch $(STAMP)
+	@test -x $(PY) || { echo "install: creating $(VENV)"; python3 -m venv $(VENV); }
+	@echo "install: upgrading pip"
+	@$(PY) -m pip install -q --upgrade pip
+	@# exact pin first: a looser requirement pulls a multi-GB CUDA build
+	@echo "install: torch 2.13.0 (the largest download)"
+	@$(PY) -m pip install -q torch==2.13.0
+	@echo "install: the project and its libraries (DVC, Prefect, MLflow, transformers, lm-eval: the longest step)"
+	@$(PY) -m pip install -q -e '.[dev]'
+	@# Vega for `dvc plots show` offline, once (keeps DVC's CDN page if the registry is unreachable)
+	@echo "install: Vega scripts for offline plots"
+	@$(PY) -m pipeline.vega
+	@touch $(STAMP)
+	@echo "install: done ($(VENV))"
 
 run: $(STAMP)
 	$(VENV)/bin/lineage run

@@ -1,7 +1,7 @@
 """Progress on the terminal for long loops, and quiet logs otherwise.
 
 A loop reports through `Progress`: on a terminal it is a tqdm bar on stderr; when stderr is not a
-terminal (a stage's output piped by DVC, CI logs) it prints one line every
+terminal (a stage's output piped by DVC, CI logs, a terminal 0 columns wide) it prints one line every
 ``LINEAGE_PROGRESS_INTERVAL`` seconds (default 30) and a last one at the end, so a 10-minute
 `dvc repro` of pretrain still shows step, loss, throughput and ETA. ``LINEAGE_PROGRESS=0`` turns both
 off; ``LINEAGE_PROGRESS=bar`` or ``lines`` forces one.
@@ -28,7 +28,16 @@ def mode() -> str:
         return "off"
     if want in ("bar", "lines"):
         return want
-    return "bar" if sys.stderr.isatty() else "lines"
+    return "bar" if sys.stderr.isatty() and _columns() > 0 else "lines"
+
+
+def _columns() -> int:
+    """The terminal's width; 0 when it reports none (a pty opened by a program that never set its
+    size, some CI consoles), where a bar would draw nothing at all: lines are printed instead."""
+    try:
+        return os.get_terminal_size(sys.stderr.fileno()).columns
+    except (OSError, ValueError, AttributeError):
+        return 0
 
 
 def _interval() -> float:

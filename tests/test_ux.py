@@ -245,3 +245,25 @@ def test_the_project_prefect_server_serves_a_ui_without_analytics(prefect_api):
         server = json.loads(r.read())["server"]
     assert server["analytics_enabled"] is False
     assert server["ui"]["v2_enabled"] is False  # the v2 UI starts an analytics client regardless
+
+
+def test_a_terminal_zero_columns_wide_gets_progress_lines(monkeypatch):
+    """tqdm draws nothing at width 0: a terminal that reports no width gets lines instead."""
+    import os
+    import sys
+
+    from pipeline import progress
+
+    class Tty:
+        def isatty(self):
+            return True
+
+        def fileno(self):
+            return 2
+
+    monkeypatch.delenv("LINEAGE_PROGRESS", raising=False)
+    monkeypatch.setattr(sys, "stderr", Tty())
+    monkeypatch.setattr(os, "get_terminal_size", lambda fd=None: os.terminal_size((0, 0)))
+    assert progress.mode() == "lines"
+    monkeypatch.setattr(os, "get_terminal_size", lambda fd=None: os.terminal_size((80, 24)))
+    assert progress.mode() == "bar"
