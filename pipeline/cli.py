@@ -133,7 +133,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(
             "lineage:", " ".join(cmd), f"(Prefect API {url or 'per stage'}; MLflow run {parent})", flush=True
         )
-        proc = subprocess.Popen(cmd, env=env)
+        # DVC's own progress bars off (`--verbose` keeps them): see pipeline/dvc_quiet.py
+        launch = cmd if args.verbose else [sys.executable, "-m", "pipeline.dvc_quiet", *cmd[1:]]
+        proc = subprocess.Popen(launch, env=env)
         try:
             rc = proc.wait()
         except KeyboardInterrupt:  # the stage got the Ctrl-C too: let dvc record it before we go

@@ -156,9 +156,8 @@ def _cmdline(pid: int) -> list[str]:
 def _is_dvc(cmd: list[str]) -> bool:
     """`dvc repro`, `dvc exp run`, `python -m dvc ...`: the process that runs the stages."""
     names = [Path(a).name for a in cmd[:3]]
-    return ("dvc" in names or (len(cmd) > 2 and cmd[1:3] == ["-m", "dvc"])) and any(
-        a in ("repro", "run", "exp") for a in cmd[1:4]
-    )
+    module = len(cmd) > 2 and cmd[1] == "-m" and cmd[2] in ("dvc", "pipeline.dvc_quiet")
+    return ("dvc" in names or module) and any(a in ("repro", "run", "exp") for a in cmd[1:4])
 
 
 def dvc_execution(pid: int | None = None, depth: int = 6) -> tuple[str, str] | None:

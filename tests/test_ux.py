@@ -267,3 +267,41 @@ def test_a_terminal_zero_columns_wide_gets_progress_lines(monkeypatch):
     assert progress.mode() == "lines"
     monkeypatch.setattr(os, "get_terminal_size", lambda fd=None: os.terminal_size((80, 24)))
     assert progress.mode() == "bar"
+
+
+DVC_BARS = """
+import io, sys
+class Tty(io.StringIO):
+    def isatty(self):
+        return True
+sys.stderr = Tty()
+if sys.argv[1] == "quiet":
+    from pipeline.dvc_quiet import silence_bars
+    assert silence_bars()
+from dvc.lock import Lock
+from dvc.progress import Tqdm
+lock = Lock(sys.argv[2], friendly=True)
+lock.lock()
+lock.unlock()
+for _ in Tqdm(range(3), desc="checking outputs", total=3):
+    pass
+sys.__stdout__.write(repr(sys.stderr.getvalue()))
+"""
+
+
+def test_lineage_run_starts_dvc_without_its_progress_bars(tmp_path):
+    """On a terminal DVC's bars print lone `!` lines and a bar per output; `lineage run` starts
+    DVC through pipeline.dvc_quiet, which turns them off (its log lines stay)."""
+    import os
+    import sys
+
+    from tests.conftest import ROOT
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def drawn(mode: str) -> str:
+        cmd = [sys.executable, "-c", DVC_BARS, mode, str(tmp_path / "lock")]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, timeout=120).stdout
+
+    assert "!" in drawn("plain")  # what a terminal got before
+    assert drawn("quiet") == "''"
