@@ -305,3 +305,24 @@ def test_lineage_run_starts_dvc_without_its_progress_bars(tmp_path):
 
     assert "!" in drawn("plain")  # what a terminal got before
     assert drawn("quiet") == "''"
+
+
+def test_a_final_evaluation_says_each_step_as_it_starts(monkeypatch, capsys):
+    """Without a terminal, a long loop prints a line every 30 s; a stage's final evaluation, a few
+    steps with no loop, prints one line as each starts and one when done, so it is never silent."""
+    from pipeline.progress import Phases
+
+    monkeypatch.setenv("LINEAGE_PROGRESS", "lines")
+    monkeypatch.setenv("LINEAGE_PROGRESS_INTERVAL", "30")
+    with Phases("ppo: final evaluation", 3) as ph:
+        ph.next("greedy answers")
+        ph.next("sampled answers")
+        ph.next("alignment tax")
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(",")[0] for line in lines] == [
+        "ppo: final evaluation: 0/3 parts (0%)",
+        "ppo: final evaluation: 1/3 parts (33%)",
+        "ppo: final evaluation: 2/3 parts (67%)",
+        "ppo: final evaluation: 3/3 parts (100%)",
+    ]
+    assert "now sampled answers" in lines[1] and lines[-1].endswith("in 0m00s")
