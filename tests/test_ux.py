@@ -326,3 +326,38 @@ def test_a_final_evaluation_says_each_step_as_it_starts(monkeypatch, capsys):
         "ppo: final evaluation: 3/3 parts (100%)",
     ]
     assert "now sampled answers" in lines[1] and lines[-1].endswith("in 0m00s")
+
+
+@pytest.mark.slow
+def test_ctrl_c_marks_the_mlflow_run_killed_and_the_flow_run_cancelled(tmp_path, prefect_api, monkeypatch):
+    import asyncio
+    import uuid
+
+    import mlflow
+    from mlflow import MlflowClient
+    from prefect.client.orchestration import get_client
+
+    from pipeline.config import CommonConfig
+    from pipeline.orchestration import Orchestrator
+    from pipeline.tracking import stage_run
+
+    params = parse_params(files_params(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    flow_runs: list[str] = []
+
+    def body():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt), stage_run("crawl", params, tmp_path) as tracker:
+        run_id = tracker.run_id
+        Orchestrator(CommonConfig(task_runner="threads")).run(
+            "ux-interrupted", body, on_flow_run=flow_runs.append
+        )
+    mlflow.set_tracking_uri(params.common.tracking_uri)
+    assert MlflowClient().get_run(run_id).info.status == "KILLED"
+
+    async def state():
+        async with get_client() as client:
+            return (await client.read_flow_run(uuid.UUID(flow_runs[0]))).state.type.value
+
+    assert asyncio.run(state()) == "CANCELLED"
