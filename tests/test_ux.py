@@ -37,6 +37,7 @@ def committed(tmp_path: Path):
     return tmp_path, data
 
 
+@pytest.mark.slow
 def test_parent_runs_carry_headline_metrics_resolved_params_and_distinct_names(committed, monkeypatch):
     import mlflow
     from mlflow import MlflowClient
