@@ -15,19 +15,22 @@ NOT_LOCKED := torch triton cuda-bindings cuda-pathfinder cuda-toolkit nvidia-cub
 install: $(STAMP)
 
 $(STAMP): pyproject.toml requirements.lock
-	test -x $(PY) || python3 -m venv $(VENV)
+	@test -x $(PY) || { echo "install: creating $(VENV)"; python3 -m venv $(VENV); }
 	@echo "install: upgrading pip"
-	$(PY) -m pip install -q --upgrade pip
-	@echo "install: torch==2.13.0, the CPU build (about 200 MB; a minute or two)"
-	$(PY) -m pip install -q torch==2.13.0
-	@echo "install: requirements.lock, every other package at its locked version and hash (3-5 minutes, quiet)"
-	$(PY) -m pip install -q --require-hashes --no-deps -r requirements.lock
+	@$(PY) -m pip install -q --upgrade pip
+	@# exact pin first: a looser requirement pulls a multi-GB CUDA build
+	@echo "install: torch==2.13.0, the CPU build (the largest download)"
+	@$(PY) -m pip install -q torch==2.13.0
+	@echo "install: requirements.lock, every other package at its locked version and hash (DVC, Prefect, MLflow, transformers, lm-eval: the longest step, quiet)"
+	@$(PY) -m pip install -q --require-hashes --no-deps -r requirements.lock
 	@echo "install: the project itself (editable)"
-	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
-	$(PY) -m pip check
-	# Vega for `dvc plots show` offline, once (keeps DVC's CDN page if the registry is unreachable)
-	$(PY) -m pipeline.vega
-	touch $(STAMP)
+	@$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	@$(PY) -m pip check
+	@# Vega for `dvc plots show` offline, once (keeps DVC's CDN page if the registry is unreachable)
+	@echo "install: Vega scripts for offline plots"
+	@$(PY) -m pipeline.vega
+	@touch $(STAMP)
+	@echo "install: done ($(VENV))"
 
 # regenerate requirements.lock from pyproject.toml (newest versions that fit; exact pins and hashes)
 lock: $(STAMP)

@@ -57,6 +57,7 @@ VERBOSE_ENV = {
     "PREFECT_LOGGING_LOGGERS_PREFECT_LEVEL": "INFO",
     "PREFECT_LOGGING_LOGGERS_PREFECT_FLOW_RUNS_LEVEL": "INFO",
     "PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL": "INFO",
+    "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "0",
     "TRANSFORMERS_VERBOSITY": "info",
     "HF_HUB_DISABLE_PROGRESS_BARS": "0",
 }
@@ -97,12 +98,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not (root / "dvc.yaml").is_file():
         raise LineageError(f"{root}: no dvc.yaml here; run lineage from the project root")
     params = load_params(root / "params.yaml")  # fail before any stage starts on a bad params file
-    if args.profile:
-        cmd = ["dvc", "exp", "run", *profile_overrides(root, args.profile), *args.stages]
+    sets = [a for kv in args.set_param for a in ("-S", kv)]
+    for kv in args.set_param:
+        if "=" not in kv:
+            raise LineageError(f"-S {kv}: give KEY=VALUE, e.g. -S ppo.seed=2")
+    experiment = bool(args.profile or sets)
+    if experiment:
+        found = profile_overrides(root, args.profile) if args.profile else []
+        cmd = ["dvc", "exp", "run", *found, *sets, *args.stages]
         if args.name:
             cmd[3:3] = ["--name", args.name]
         if _git(root, "rev-parse", "HEAD").returncode != 0:
-            raise LineageError("--profile runs a DVC experiment, which needs a git commit: commit first")
+            raise LineageError("--profile/-S run a DVC experiment, which needs a git commit: commit first")
         if _git(root, "status", "--porcelain", "--", "params.yaml").stdout.strip():
             raise LineageError(
                 "params.yaml has uncommitted changes: commit them (or `git checkout params.yaml`) "
@@ -112,10 +119,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         cmd = ["dvc", "repro", *args.stages]
     env = pipeline_env(root, None, verbose=args.verbose)
     overrides: dict[str, str] = {}
-    if args.profile:
-        env[PROFILE_ENV] = os.environ[PROFILE_ENV] = args.profile  # the parent run is tagged with it too
-        sets = profile_overrides(root, args.profile)[1::2]
-        overrides = dict(a.lstrip("+").split("=", 1) for a in sets)
+    found = found if experiment else []
+    if experiment:
+        if args.profile:
+            env[PROFILE_ENV] = os.environ[PROFILE_ENV] = args.profile  # the parent run is tagged with it too
+        overrides = dict(a.lstrip("+").split("=", 1) for a in [*found, *sets][1::2])
     parent = start_pipeline_run(params, root, " ".join(["lineage", *sys.argv[1:]]), overrides)
     env[PARENT_ENV] = parent
     rc = 1
@@ -125,7 +133,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(
             "lineage:", " ".join(cmd), f"(Prefect API {url or 'per stage'}; MLflow run {parent})", flush=True
         )
-        proc = subprocess.Popen(cmd, env=env)
+        # DVC's own progress bars off (`--verbose` keeps them): see pipeline/dvc_quiet.py
+        launch = cmd if args.verbose else [sys.executable, "-m", "pipeline.dvc_quiet", *cmd[1:]]
+        proc = subprocess.Popen(launch, env=env)
         try:
             rc = proc.wait()
         except KeyboardInterrupt:  # the stage got the Ctrl-C too: let dvc record it before we go
@@ -134,8 +144,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             except (subprocess.TimeoutExpired, KeyboardInterrupt):
                 proc.terminate()
             rc = 130
-        end_pipeline_run(params, root, parent, ok=rc == 0)
-    if args.profile:
+        end_pipeline_run(params, root, parent, ok=rc == 0, status="KILLED" if rc in (130, -2) else None)
+    if experiment:
         before = _git(root, "rev-parse", "--short", "HEAD").stdout.strip()
         restored = restore_workspace(root, env)
         if rc == 0:
@@ -155,13 +165,67 @@ def cmd_run(args: argparse.Namespace) -> int:
         report = root / "data" / "report" / "report.html"
         where = (
             f"logged to MLflow run {parent} (`dvc exp apply` brings data/report/ back)"
-            if args.profile
+            if experiment
             else str(report.relative_to(root))
             if report.is_file()
             else "not made (run `dvc repro report`)"
         )
         print(f"lineage: report: {where}\nlineage: dashboards (MLflow + Prefect): lineage ui", flush=True)
+        if not experiment and baseline_changes(root):
+            print(
+                "lineage: dvc.lock and metrics/ now hold this run, not the last commit's: `lineage baseline` "
+                "commits them, so experiments compare against your run and `lineage push` + `dvc pull` "
+                "elsewhere fetch its outputs",
+                flush=True,
+            )
     return rc
+
+
+BASELINE_PATHS = ("params.yaml", "dvc.lock", "metrics")
+
+
+def baseline_changes(root: Path) -> list[str]:
+    """The files of params.yaml, dvc.lock and metrics/ that differ from the last commit."""
+    out = _git(root, "status", "--porcelain", "--untracked-files=all", "--", *BASELINE_PATHS).stdout
+    return [line[3:] for line in out.splitlines() if line.strip()]
+
+
+def cmd_baseline(args: argparse.Namespace) -> int:
+    """Commit this workspace's params.yaml, dvc.lock and metrics/ (the run just made here), so
+    `lineage exp` and `dvc metrics diff` compare against it and another clone can `dvc pull` its
+    outputs after `lineage push`. Refuses while `dvc status` shows a stage out of date."""
+    root = Path.cwd()
+    if _git(root, "rev-parse", "HEAD").returncode != 0:
+        raise LineageError(f"{root}: not a git repository with a commit; `git init` and commit first")
+    env = pipeline_env(root, None)
+    status = subprocess.run(["dvc", "status", "--json"], cwd=root, env=env, capture_output=True, text=True)
+    try:
+        stale = json.loads(status.stdout or "{}")
+    except ValueError:
+        stale = None
+    if status.returncode != 0 or stale is None:
+        raise LineageError(f"`dvc status` failed: {(status.stderr.strip().splitlines() or ['?'])[-1]}")
+    if stale:
+        raise LineageError(
+            f"the workspace is not up to date ({', '.join(sorted(stale))} changed): `lineage run` first, "
+            "so the baseline is a complete run"
+        )
+    changed = baseline_changes(root)
+    if not changed:
+        print("lineage: params.yaml, dvc.lock and metrics/ already match the last commit: it is the baseline")
+        return 0
+    paths = [p for p in BASELINE_PATHS if (root / p).exists()]
+    _git(root, "add", "--", *paths)
+    msg = args.message or "Baseline: dvc.lock and metrics of the run made in this workspace"
+    done = _git(root, "commit", "-q", "-m", msg, "--", *paths)
+    if done.returncode != 0:
+        raise LineageError(f"git commit failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+    sha = _git(root, "rev-parse", "--short", "HEAD").stdout.strip()
+    print(f"lineage: committed {len(changed)} files as {sha}: this run is the baseline that `lineage exp` and "
+          "`dvc metrics diff` compare against")  # fmt: skip
+    print("lineage: to share it: `lineage push` (its outputs to the DVC remote) and `git push`; another "
+          "clone then runs `git pull && dvc pull`")  # fmt: skip
+    return 0
 
 
 def cmd_restore(_: argparse.Namespace) -> int:
@@ -325,6 +389,11 @@ def checkpoint_index(root: Path) -> list[dict[str, Any]]:
     for ckpt in sorted((root / "checkpoints").glob("*/*/ckpt.pt")):
         info_file = ckpt.with_name("run.json")
         info = json.loads(info_file.read_text()) if info_file.is_file() else checkpoint_tag(ckpt)
+        params_file = ckpt.with_name("params.json")  # written by the stage beside its checkpoints
+        with contextlib.suppress(OSError, ValueError):
+            info["params"] = json.loads(params_file.read_text())
+        if "params" not in info and info_file.is_file():
+            info["params"] = {k: v for k, v in info.items() if k != "profile"}
         out.append({
             "path": str(ckpt.relative_to(root)), "stage": ckpt.parent.parent.name,
             "modified": time.strftime("%Y-%m-%d %H:%M", time.localtime(ckpt.stat().st_mtime)),
@@ -346,26 +415,47 @@ def checkpoint_tag(ckpt: Path) -> dict[str, Any]:
     return {k: tag[k] for k in keep if k in tag} if isinstance(tag, dict) else {}
 
 
+def differing_params(rows: list[dict[str, Any]]) -> list[str]:
+    """For each checkpoint, the params (params.json beside it) whose values differ between the runs
+    of its stage, as ``key=value``: what tells two runs of one stage apart."""
+    out = []
+    for r in rows:
+        if not r.get("params"):
+            out.append("")
+            continue
+        peers = [p["params"] for p in rows if p["stage"] == r["stage"] and p.get("params")]
+        keys = sorted({k for p in peers for k in p} if len(peers) > 1 else set())
+        mine = r.get("params", {})
+        differ = [k for k in keys if len({json.dumps(p.get(k), sort_keys=True) for p in peers}) > 1]
+        out.append(" ".join(f"{k}={_short(json.dumps(mine.get(k)).strip(chr(34)), 16)}" for k in differ))
+    return out
+
+
+def checkpoint_table(rows: list[dict[str, Any]]) -> str:
+    """The checkpoints as an aligned table with a header; the last column names the params that
+    differ from the other runs of the same stage."""
+    table = [["checkpoint", "modified", "model", "steps", "profile", "tokenizer", "differs"]]
+    for r, differ in zip(rows, differing_params(rows), strict=True):
+        shape = (
+            f"{r['arch']} {r['n_layer']}x{r['n_head']}x{r['n_embd']} v{r['vocab_size']}"
+            if "arch" in r
+            else "?"
+        )
+        steps = str(r.get("max_steps", r.get("steps", "")))
+        tok = "beside it" if r["tokenizer"] else "-"
+        table.append([r["path"], r["modified"], shape, steps, r.get("profile") or "-", tok, differ or "-"])
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table
+    )
+
+
 def cmd_checkpoints(_: argparse.Namespace) -> int:
     rows = checkpoint_index(Path.cwd())
     if not rows:
         print("lineage: no checkpoints yet (checkpoints/<stage>/<run key>/ckpt.pt)")
         return 0
-    for r in rows:
-        shape = (
-            f"{r['arch']} {r['n_layer']}x{r['n_head']}x{r['n_embd']} vocab {r['vocab_size']}"
-            if "arch" in r
-            else "shape unknown"
-        )
-        step = (
-            f"max_steps {r['max_steps']}"
-            if "max_steps" in r
-            else f"steps {r['steps']}"
-            if "steps" in r
-            else ""
-        )
-        tok = "own tokenizer" if r["tokenizer"] else "no tokenizer beside it"
-        print(f"{r['path']}  {r['modified']}  {shape}  {step}  {r.get('profile', '')}  {tok}")
+    print(checkpoint_table(rows))
     return 0
 
 
@@ -502,6 +592,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
                     break
             if not line.strip():
                 continue
+            if not tty:  # piped input: echo the turn, so the output reads as a transcript
+                print(f"you> {line.strip()}", flush=True)
             history.append({"role": "user", "content": line.strip()})
             ids, dropped = fit_context(chat, history, budget)
             if args.verbose:
@@ -580,6 +672,9 @@ def main(argv: list[str] | None = None) -> int:
         "Prefect server for all its flows and one MLflow parent run holding every stage's run. "
         f"Stages, in order: {', '.join(stages) or '(no dvc.yaml here)'}. "
         f"Profiles (profiles/*.yaml): {', '.join(profiles) or 'none'}.",
+        epilog="Change params without editing params.yaml: `lineage run -S ppo.seed=2` (or plain "
+        "`dvc exp run -S ppo.seed=2`) runs a DVC experiment; `lineage exp` compares it with the "
+        "baseline. Make your own run the baseline with `lineage baseline`.",
         formatter_class=fmt,
     )
     run.add_argument(
@@ -592,7 +687,13 @@ def main(argv: list[str] | None = None) -> int:
         f"the workspace to the last commit; one of: {', '.join(profiles) or 'none'} (default: params.yaml "
         "as it is)",
     )  # fmt: skip
-    run.add_argument("--name", help="the experiment's name (with --profile; default: DVC picks one)")
+    run.add_argument(
+        "-S", "--set-param", action="append", default=[], metavar="KEY=VALUE",
+        help="change one param for this run, DVC's override syntax (repeatable, e.g. -S ppo.seed=2 "
+        "-S pretrain.n_layer=6): runs `dvc exp run -S ...` as with --profile, then restores the workspace "
+        "(default: none)",
+    )  # fmt: skip
+    run.add_argument("--name", help="the experiment's name (with --profile/-S; default: DVC picks one)")
     run.add_argument(
         "--no-server", dest="server", action="store_false",
         help="no shared Prefect server: each stage starts its own, ~6 s slower a stage (default: one "
@@ -617,6 +718,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     ex.add_argument("dvc_args", nargs=argparse.REMAINDER, help="more `dvc exp show` options (e.g. --md)")
     ex.set_defaults(fn=cmd_exp)
+    bl = sub.add_parser(
+        "baseline",
+        help="commit params.yaml, dvc.lock and metrics/ of the run in this workspace: experiments then "
+        "compare against your run, and `dvc pull` elsewhere finds its outputs",
+        description=cmd_baseline.__doc__,
+        formatter_class=fmt,
+    )
+    bl.add_argument("-m", "--message", help="the commit message (default: says it is this workspace's run)")
+    bl.set_defaults(fn=cmd_baseline)
     sub.add_parser(
         "restore",
         help="put params.yaml, dvc.lock, metrics/ and data/ back to the last commit (after `dvc exp run`)",

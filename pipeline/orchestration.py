@@ -30,13 +30,18 @@ QUIET_ENV = {
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "TOKENIZERS_PARALLELISM": "false",
+    # the UI the project's server serves: v1, which has no analytics client (v2 starts one even
+    # with analytics off); PREFECT_SERVER_ANALYTICS_ENABLED keeps both UIs from sending events
+    "PREFECT_SERVER_UI_V2_ENABLED": "false",
     "PREFECT_LOGGING_LOGGERS_PREFECT_LEVEL": "WARNING",
-    # no "Beginning flow run" / "View at" lines; `lineage run --verbose` sets INFO
-    "PREFECT_LOGGING_LOGGERS_PREFECT_FLOW_RUNS_LEVEL": "WARNING",
+    # flow-run lines ("Beginning flow run", "Finished in state") reach Prefect's log, not the
+    # terminal: its console handler shows warnings only; `lineage run --verbose` shows everything
+    "PREFECT_LOGGING_LOGGERS_PREFECT_FLOW_RUNS_LEVEL": "INFO",
+    "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING",
     "TRANSFORMERS_VERBOSITY": "error",
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
-    "PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL": "WARNING",
+    "PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL": "INFO",
 }
 
 
@@ -257,6 +262,70 @@ def flow_run_labels(stage: str, params: Any) -> tuple[dict[str, Any], list[str]]
     return parameters, labels
 
 
+class _TeeToPrefect:
+    """A text stream that writes through to the terminal's stream and sends each complete line to
+    the flow run's log in Prefect (not to the terminal's log handlers): the UI shows the stage's
+    output while the terminal shows exactly what it did before. A bar redrawn with carriage returns
+    sends its last state only."""
+
+    def __init__(self, stream: Any, logger: Any):
+        self._stream, self._logger, self._buf = stream, logger, ""
+
+    def write(self, text: str) -> int:
+        n = self._stream.write(text)
+        self._buf += text
+        *lines, self._buf = self._buf.split("\n")
+        for line in lines:
+            line = line.rsplit("\r", 1)[-1].strip()
+            if line:
+                with contextlib.suppress(Exception):
+                    self._logger.info(line)
+        if len(self._buf) > 10_000:  # a bar that never ends its line: keep its latest state only
+            self._buf = self._buf.rsplit("\r", 1)[-1][-10_000:]
+        return n
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def isatty(self) -> bool:
+        return self._stream.isatty()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def flow_output_logger() -> Any:
+    """A logger whose records go to the current flow run's log in Prefect's API only (the terminal's
+    quiet settings do not apply to it, and it never prints)."""
+    import logging
+
+    from prefect import get_run_logger
+    from prefect.logging.handlers import APILogHandler
+
+    base = logging.getLogger("lineage.stage")
+    if not any(isinstance(h, APILogHandler) for h in base.handlers):
+        base.addHandler(APILogHandler())
+        base.propagate = False
+        base.setLevel(logging.INFO)
+    return logging.LoggerAdapter(base, dict(get_run_logger().extra))
+
+
+@contextlib.contextmanager
+def output_to_prefect() -> Iterator[None]:
+    """Inside a flow run: copy stdout and stderr lines to its Prefect log."""
+    try:
+        logger = flow_output_logger()
+    except Exception:  # no flow run context: nothing to send to
+        yield
+        return
+    out, err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _TeeToPrefect(out, logger), _TeeToPrefect(err, logger)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = out, err
+
+
 class Orchestrator:
     """Runs one stage body as a flow and maps functions over items as tasks.
 
@@ -294,18 +363,34 @@ class Orchestrator:
                 raise r.exc
         return results
 
-    def run(self, name: str, body: Callable[[], Any], params: Any = None) -> Any:
+    def run(
+        self,
+        name: str,
+        body: Callable[[], Any],
+        params: Any = None,
+        tags: Sequence[str] = (),
+        on_flow_run: Callable[[str], None] | None = None,
+    ) -> Any:
         """Run ``body`` as the flow ``name``; records flow and body wall time for the overhead metric.
         With ``params`` (the stage's Params), the flow run carries the stage's section and `common` as
-        its parameters and is tagged with the stage, profile, experiment and params hash, so past
-        flow runs in Prefect's UI say what they ran with."""
+        its parameters and is tagged with the stage, profile, experiment and params hash (and
+        ``tags``: the MLflow run), so past flow runs in Prefect's UI say what they ran with;
+        ``on_flow_run`` receives the flow run's id, and the body's output lines go to its log."""
 
         raised: list[BaseException] = []
 
         def timed_body(params: dict[str, Any] | None = None) -> Any:
             t0 = time.perf_counter()
             try:
-                return body()
+                if not self.use_prefect:
+                    return body()
+                if on_flow_run is not None:
+                    from prefect.runtime import flow_run
+
+                    with contextlib.suppress(Exception):
+                        on_flow_run(str(flow_run.id))
+                with output_to_prefect():
+                    return body()
             except (Exception, KeyboardInterrupt) as e:
                 if not self.use_prefect:
                     raise
@@ -314,6 +399,10 @@ class Orchestrator:
                 from prefect.states import Failed
 
                 raised.append(e)
+                if isinstance(e, KeyboardInterrupt):  # Ctrl-C: stopped by the user, not broken
+                    from prefect.states import Cancelled
+
+                    return Cancelled(message="interrupted (Ctrl-C)")
                 return Failed(message=f"{type(e).__name__}: {str(e)[:300]}")
             finally:
                 self.body_s = time.perf_counter() - t0
@@ -322,13 +411,14 @@ class Orchestrator:
         try:
             if not self.use_prefect:
                 return timed_body()
-            from prefect import flow, tags
+            from prefect import flow
+            from prefect import tags as prefect_tags
 
             f = flow(
                 timed_body, name=name, task_runner=make_task_runner(self.common), validate_parameters=False
             )
             parameters, labels = flow_run_labels(name, params)
-            with tags(*labels):
+            with prefect_tags(*labels, *tags):
                 state = f(params=parameters, return_state=True)
             if raised:
                 raise raised[0]

@@ -1,7 +1,7 @@
 """Progress on the terminal for long loops, and quiet logs otherwise.
 
 A loop reports through `Progress`: on a terminal it is a tqdm bar on stderr; when stderr is not a
-terminal (a stage's output piped by DVC, CI logs) it prints one line every
+terminal (a stage's output piped by DVC, CI logs, a terminal 0 columns wide) it prints one line every
 ``LINEAGE_PROGRESS_INTERVAL`` seconds (default 30) and a last one at the end, so a 10-minute
 `dvc repro` of pretrain still shows step, loss, throughput and ETA. ``LINEAGE_PROGRESS=0`` turns both
 off; ``LINEAGE_PROGRESS=bar`` or ``lines`` forces one.
@@ -28,7 +28,16 @@ def mode() -> str:
         return "off"
     if want in ("bar", "lines"):
         return want
-    return "bar" if sys.stderr.isatty() else "lines"
+    return "bar" if sys.stderr.isatty() and _columns() > 0 else "lines"
+
+
+def _columns() -> int:
+    """The terminal's width; 0 when it reports none (a pty opened by a program that never set its
+    size, some CI consoles), where a bar would draw nothing at all: lines are printed instead."""
+    try:
+        return os.get_terminal_size(sys.stderr.fileno()).columns
+    except (OSError, ValueError, AttributeError):
+        return 0
 
 
 def _interval() -> float:
@@ -53,8 +62,11 @@ class Progress:
     """``with Progress(total, desc, unit) as p: ... p.update(n, loss=...)``: a bar, periodic lines,
     or nothing (see the module doc). ``initial`` is where a resumed loop starts."""
 
-    def __init__(self, total: int | None, desc: str, unit: str = "it", initial: int = 0):
+    def __init__(
+        self, total: int | None, desc: str, unit: str = "it", initial: int = 0, interval: float | None = None
+    ):
         self.total, self.desc, self.unit = total, desc, unit
+        self.interval = _interval() if interval is None else interval
         self.n = initial
         self._start_n = initial
         self.mode = mode()
@@ -83,7 +95,7 @@ class Progress:
             if postfix:
                 self._bar.set_postfix({k: _fmt(v) for k, v in self.postfix.items()}, refresh=False)
             self._bar.update(n)
-        elif self.mode == "lines" and time.monotonic() - self._last >= _interval():
+        elif self.mode == "lines" and time.monotonic() - self._last >= self.interval:
             self._line()
 
     def _line(self, final: bool = False) -> None:
@@ -104,9 +116,50 @@ class Progress:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
-        elif self.mode == "lines" and self.n > self._start_n and time.monotonic() - self._t0 >= _interval():
+        elif self.mode == "lines" and self.n > self._start_n and time.monotonic() - self._t0 >= self.interval:
             self._line(final=True)  # a loop shorter than one interval stays silent
         self.mode = "off"
+
+
+class Phases:
+    """A few long steps with no loop of their own (a stage's final evaluations): on a terminal a bar
+    naming the step under way; otherwise one line as each step starts and one at the end, so a
+    minute of evaluation is never a minute of silence.
+    ``with Phases("ppo: final evaluation", 3) as ph: ph.next("greedy answers"); ...``"""
+
+    def __init__(self, desc: str, total: int):
+        self._p = Progress(total, desc, "parts", interval=0.0)
+        self._started = False
+
+    def __enter__(self) -> Phases:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def next(self, name: str) -> None:
+        """The previous step is done; ``name`` starts."""
+        p = self._p
+        if self._started:
+            p.update(1, now=name)
+        else:
+            p.postfix["now"] = name
+            if p._bar is not None:
+                p._bar.set_postfix(now=name)
+            elif p.mode == "lines":
+                p._line()
+        self._started = True
+
+    def close(self) -> None:
+        p = self._p
+        if self._started and p.mode != "off":
+            p.postfix.pop("now", None)
+            rest = max(0, (p.total or 0) - p.n)
+            if p._bar is not None:
+                p._bar.set_postfix({}, refresh=False)
+                p._bar.update(rest)
+            p.n += rest
+        p.close()
 
 
 def progress(items: Iterable[T], desc: str, total: int | None = None, unit: str = "it") -> Iterator[T]:

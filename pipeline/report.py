@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 NOT_RUN = "not run"
+THIS_EXECUTION = "this execution"
 
 
 # ------------------------------------------------------------------------------------- declarations
@@ -40,11 +41,15 @@ class Row:
     label: str
     keys: tuple[str, ...]
     fmt: str = "g"  # g (4 significant digits), int, pct, s (seconds), bytes
+    # pivot: the last ``*`` of the one key becomes the cell's columns (``k0 7.0% · k1 6.0%``), one
+    # line per value of the others; lines whose every value is 0 collapse into one line naming them
+    pivot: bool = False
 
-    def __init__(self, label: str, *keys: str, fmt: str = "g"):
+    def __init__(self, label: str, *keys: str, fmt: str = "g", pivot: bool = False):
         object.__setattr__(self, "label", label)
         object.__setattr__(self, "keys", keys)
         object.__setattr__(self, "fmt", fmt)
+        object.__setattr__(self, "pivot", pivot)
 
 
 @dataclass(frozen=True)
@@ -223,19 +228,19 @@ REPORT: dict[str, StageReport] = {
     "evaluate": StageReport(
         "evaluate (GPT-2/3): task x k accuracy",
         (
-            Row("{} {} {}-shot accuracy", "models/*/tasks/*/k*/acc", fmt="pct"),
-            Row("{} synthetic tasks mean, {}-shot", "models/*/synthetic_mean/k*", fmt="pct"),
+            Row("{} {} accuracy by k-shot", "models/*/tasks/*/*/acc", fmt="pct", pivot=True),
+            Row("{} synthetic tasks mean by k-shot", "models/*/synthetic_mean/*", fmt="pct", pivot=True),
             Row("{} {} bits per byte", "models/*/lm/*/bpb"),
         ),
         (
             Plot(
                 "evaluate_kshot.png",
-                "groups",
+                "facets",
                 ("plots/kshot.csv",),
                 x="k",
                 y=("acc",),
                 group="series",
-                title="accuracy against the number of examples in the context",
+                title="accuracy against the number of examples in the context, one panel per task",
                 ylabel="accuracy",
             ),
             Plot(
@@ -406,6 +411,83 @@ REPORT: dict[str, StageReport] = {
 }
 
 
+@dataclass(frozen=True)
+class Claim:
+    """One line of the table the report opens with: what a paper showed, the figure this run
+    measures for it, and the paper's own figure (at its scale). ``keys`` are globs over the stage's
+    flattened metrics; a glob matching several keys shows their mean. Three keys read as a value
+    with its 95% interval (value, low, high); two as "a / b"."""
+
+    paper: str
+    claim: str
+    stage: str
+    measure: str
+    keys: tuple[str, ...]
+    paper_figure: str
+    fmt: str = "pct"
+
+
+CLAIMS: tuple[Claim, ...] = (
+    Claim("GPT-1", "generative pretraining before fine-tuning beats training from scratch", "finetune",
+          "mean task accuracy, pretrained / random init",
+          ("tasks/*/pretrained/acc/value", "tasks/*/random_init/acc/value"),
+          "74.7 / 59.9 average score, with / without pretraining (Table 5)"),
+    Claim("GPT-2", "a language model does tasks it was never trained on (zero-shot)", "evaluate",
+          "cloze accuracy, 0-shot", ("models/pretrain/tasks/cloze/k0/acc",),
+          "LAMBADA 63.2%, 1.5B parameters, zero-shot"),
+    Claim("GPT-3", "examples in the context help: few-shot beats zero-shot", "evaluate",
+          "synthetic tasks mean, 0-shot / largest k", ("models/pretrain/synthetic_mean/k0",
+                                                       "models/pretrain/synthetic_mean/@max"),
+          "LAMBADA 76.2% zero-shot / 86.4% few-shot, 175B"),
+    Claim("InstructGPT", "a reward model learns the labelers' preferences", "reward",
+          "pairwise accuracy on held-out prompts", ("val/pair_acc",),
+          "labelers agree with each other on 72.6% of pairs"),
+    Claim("InstructGPT", "fine-tuning on demonstrations beats prompting the base model", "ppo",
+          "win rate, SFT vs few-shot base (95% CI)",
+          ("eval/sft_vs_fewshot/value", "eval/sft_vs_fewshot/low", "eval/sft_vs_fewshot/high"),
+          "71 ± 4%: InstructGPT 175B vs few-shot GPT-3 175B"),
+    Claim("InstructGPT", "PPO against the reward model improves on its SFT start", "ppo",
+          "win rate, PPO vs SFT, greedy (95% CI)",
+          ("eval/greedy/win_rate/ppo_vs_sft/value", "eval/greedy/win_rate/ppo_vs_sft/low",
+           "eval/greedy/win_rate/ppo_vs_sft/high"),
+          "PPO preferred to SFT at every model size (Fig. 1)"),
+    Claim("InstructGPT", "RLHF pays an alignment tax on the pretraining distribution", "ppo",
+          "validation bits per byte, PPO minus SFT", ("tax/delta_vs_sft/bpb",),
+          "regressions on public NLP tasks, reduced by mixing in pretraining (PPO-ptx)", fmt="g"),
+)  # fmt: skip
+
+
+def _claim_value(pattern: str, flat: dict[str, float]) -> float | None:
+    """The mean of the keys ``pattern`` matches; ``@max`` stands for the largest ``k<n>`` present."""
+    if "@max" in pattern:
+        rx = _glob(pattern.replace("@max", "k*"))
+        ks = [int(m.group(1)) for key in flat if (m := rx.match(key)) and m.group(1).isdigit()]
+        if not ks:
+            return None
+        pattern = pattern.replace("@max", f"k{max(ks)}")
+    rx = _glob(pattern)
+    values = [v for k, v in flat.items() if rx.match(k)]
+    return sum(values) / len(values) if values else None
+
+
+def claim_rows(claims: Sequence[Claim], flats: dict[str, dict[str, float]]) -> list[tuple[str, ...]]:
+    """(paper, claim, this run's measure, this run's figure, the paper's figure) per claim."""
+    rows = []
+    for c in claims:
+        flat = flats.get(c.stage)
+        if flat is None:
+            cell = f"{c.stage}: {NOT_RUN}"
+        else:
+            values = [_claim_value(k, flat) for k in c.keys]
+            shown = [fmt(v, c.fmt) for v in values]
+            cell = f"{shown[0]} ({shown[1]} to {shown[2]})" if len(shown) == 3 else " / ".join(shown)
+        rows.append((c.paper, c.claim, c.measure, cell, c.paper_figure))
+    return rows
+
+
+CLAIMS_HEADER = ("paper", "claim", "measured here", "this run", "the paper (its scale)")
+
+
 def report_deps(stages: Sequence[str]) -> list[str]:
     """The files the report reads for ``stages`` (those of the pipeline): what dvc.yaml's report
     stage must depend on."""
@@ -451,11 +533,37 @@ def fmt(value: float | None, how: str) -> str:
     return f"{value:.4g}"
 
 
+def pivot_rows(row: Row, flat: dict[str, float]) -> list[tuple[str, str]]:
+    """A glob row turned on its side: the last ``*`` of its key as columns of one cell, one line
+    per value of the other ``*``; the lines that are 0 everywhere become one line that names them."""
+    rx = _glob(row.keys[0])
+    lines: dict[tuple[str, ...], dict[str, float]] = {}
+    for key, value in flat.items():
+        m = rx.match(key)
+        if m:
+            *rest, col = m.groups()
+            lines.setdefault(tuple(rest), {})[col] = value
+    out: list[tuple[str, str]] = []
+    zeros: dict[str, list[str]] = {}
+    for caps, cells in lines.items():
+        if len(caps) > 1 and all(v == 0 for v in cells.values()):
+            zeros.setdefault(caps[0], []).append(" ".join(caps[1:]))
+            continue
+        label = row.label.format(*caps) if caps else row.label
+        out.append((label, " · ".join(f"{c} {fmt(v, row.fmt)}" for c, v in cells.items())))
+    for first, names in zeros.items():
+        out.append((f"{first}: {fmt(0.0, row.fmt)} at every k", ", ".join(names)))
+    return out
+
+
 def table_rows(spec: StageReport, flat: dict[str, float]) -> list[tuple[str, str]]:
     """(label, cell) for each row of ``spec`` that the metrics fill; a glob row gives one line per
     match, in the metrics' order."""
     out: list[tuple[str, str]] = []
     for row in spec.rows:
+        if row.pivot:
+            out += pivot_rows(row, flat)
+            continue
         first = _glob(row.keys[0])
         for key in flat:
             m = first.match(key)
@@ -607,6 +715,46 @@ def plot_groups(plot: Plot, tables: list[list[dict[str, Any]]], ctx: dict[str, A
     return fig
 
 
+def plot_facets(plot: Plot, tables: list[list[dict[str, Any]]], ctx: dict[str, Any]) -> Any:
+    """Small multiples: the ``group`` column reads ``series/panel`` (e.g. ``model/task``); one panel
+    per task, one line per model, a shared y axis and one legend, instead of a legend of every
+    model x task pair."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = tables[0]
+    split = [str(r[plot.group]).split("/", 1) for r in rows]
+    panels = list(dict.fromkeys(p[-1] for p in split))[:24]
+    lines = list(dict.fromkeys(p[0] for p in split if len(p) > 1)) or [""]
+    ncols = min(4, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, 2.0 * nrows + 0.6), sharex=True, sharey=True,
+                             squeeze=False)  # fmt: skip
+    for ax, panel in zip(axes.flat, panels, strict=False):
+        for line in lines:
+            name = f"{line}/{panel}" if line else panel
+            pts = sorted((r[plot.x], r[plot.y[0]]) for r in rows if str(r[plot.group]) == name)
+            if pts:
+                ax.plot(*zip(*pts, strict=True), marker="o", ms=3, label=line or panel)
+        ax.set_title(panel, fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel(plot.x, fontsize=8)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(plot.ylabel or plot.y[0], fontsize=8)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    if len(lines) > 1:
+        fig.legend(handles, labels, loc="upper right", fontsize=8, ncol=len(lines))
+    fig.suptitle(plot.title, fontsize=10, x=0.02, ha="left")
+    fig.tight_layout(rect=(0, 0, 1, 0.94))
+    return fig
+
+
 def plot_barh(plot: Plot, tables: list[list[dict[str, Any]]], ctx: dict[str, Any]) -> Any:
     import numpy as np
 
@@ -679,6 +827,7 @@ def plot_score_hist(plot: Plot, tables: list[list[dict[str, Any]]], ctx: dict[st
 PLOTS: dict[str, Callable[[Plot, list[list[dict[str, Any]]], dict[str, Any]], Any]] = {
     "lines": plot_lines,
     "groups": plot_groups,
+    "facets": plot_facets,
     "barh": plot_barh,
     "roc": plot_roc,
     "score_hist": plot_score_hist,
@@ -690,10 +839,11 @@ PLOTS: dict[str, Callable[[Plot, list[list[dict[str, Any]]], dict[str, Any]], An
 class Report:
     header: dict[str, dict[str, str]] = field(default_factory=dict)
     changed: dict[str, tuple[Any, Any]] = field(default_factory=dict)
-    timings: list[tuple[str, str, str]] = field(default_factory=list)  # stage, wall, overhead
+    timings: list[tuple[str, str, str, str]] = field(default_factory=list)  # stage, wall, overhead, from
     sections: list[tuple[str, str, list[tuple[str, str]]]] = field(default_factory=list)  # stage, title, rows
     figures: list[tuple[str, str]] = field(default_factory=list)  # (png name, title)
     notes: list[str] = field(default_factory=list)
+    claims: list[tuple[str, ...]] = field(default_factory=list)  # see claim_rows
     # examples of dropped documents: stage, rule, documents dropped, value (threshold), where from, text start
     dropped: list[tuple[str, str, str, str, str, str]] = field(default_factory=list)
 
@@ -705,9 +855,12 @@ def build(
     params: dict[str, Any],
     info: dict[str, str],
     changed: dict[str, tuple[Any, Any]],
+    origins: dict[str, str] | None = None,
 ) -> Report:
     """Gather every stage's figures and draw its plots into ``out``; returns what the page shows.
-    ``stages`` are the pipeline's stages in order; ``info`` the run's identity (commit, experiment)."""
+    ``stages`` are the pipeline's stages in order; ``info`` the run's identity (commit, experiment);
+    ``origins`` says per stage which execution made its outputs (``THIS_EXECUTION`` or an earlier
+    one): the total wall time counts this execution's stages only."""
     import matplotlib.pyplot as plt
 
     rep = Report(changed=changed)
@@ -716,20 +869,23 @@ def build(
     rep.header["software"] = software()
     total_wall = total_overhead = 0.0
     order = list(stages) + [s for s in REPORT if s not in stages]
+    flats: dict[str, dict[str, float]] = {}
     for stage in order:
         spec = REPORT.get(stage)
         path = root / "data" / stage / "metrics.json"
         if not path.is_file():
             in_pipeline = "" if stage in stages else " (not in dvc.yaml yet)"
-            rep.timings.append((stage, NOT_RUN + in_pipeline, ""))
+            rep.timings.append((stage, NOT_RUN + in_pipeline, "", ""))
             if spec is not None:
                 rep.sections.append((stage, spec.title, [("", NOT_RUN + in_pipeline)]))
             continue
-        flat = flatten(json.loads(path.read_text()))
+        flat = flats[stage] = flatten(json.loads(path.read_text()))
         wall, overhead = flat.get("perf/wall_s"), flat.get("perf/flow_overhead_s")
-        total_wall += wall or 0.0
-        total_overhead += overhead or 0.0
-        rep.timings.append((stage, fmt(wall, "s"), fmt(overhead, "s")))
+        origin = (origins or {}).get(stage, THIS_EXECUTION if origins is None else "unknown")
+        if origin == THIS_EXECUTION:
+            total_wall += wall or 0.0
+            total_overhead += overhead or 0.0
+        rep.timings.append((stage, fmt(wall, "s"), fmt(overhead, "s"), origin))
         if spec is None:
             continue
         rep.sections.append((stage, spec.title, table_rows(spec, flat) or [("", "no figures")]))
@@ -740,6 +896,9 @@ def build(
                 continue
             tables = [read_csv(f) for f in present]
             if not any(tables):
+                continue
+            if plot.kind in ("lines", "groups") and max(len(t) for t in tables) < 2:
+                rep.notes.append(f"{stage}: {plot.title}: one point only, shown in the table instead")
                 continue
             try:
                 fig = PLOTS[plot.kind](plot, tables, {"params": params, "metrics": flat})
@@ -752,7 +911,12 @@ def build(
             rep.figures.append((plot.name, f"{stage}: {plot.title}"))
         if spec.samples and (root / "data" / stage / spec.samples).is_file():
             rep.dropped += dropped_rows(stage, json.loads((root / "data" / stage / spec.samples).read_text()))
-    rep.timings.append(("total", fmt(total_wall, "s"), fmt(total_overhead, "s")))
+    reused = sum(1 for t in rep.timings if t[3] and t[3] != THIS_EXECUTION)
+    rep.timings.append((
+        "total", fmt(total_wall, "s"), fmt(total_overhead, "s"),
+        f"this execution ({reused} stages' outputs come from earlier ones)" if reused else THIS_EXECUTION,
+    ))  # fmt: skip
+    rep.claims = claim_rows(CLAIMS, flats)
     dtypes = compute_dtypes(root, order)
     if dtypes:
         rep.header["run"] = {**rep.header["run"], "compute dtype": dtypes}
@@ -789,6 +953,9 @@ def _changed_rows(changed: dict[str, tuple[Any, Any]]) -> list[list[str]]:
 
 def to_markdown(rep: Report) -> str:
     parts = [f"# gpt-lineage report card\n\n_generated {time.strftime('%Y-%m-%d %H:%M:%S %Z')}_\n"]
+    if rep.claims:
+        parts.append("## the papers' claims, at this run's scale\n\n" + _md_table(CLAIMS_HEADER, rep.claims))
+    parts.append("## details")
     for title, kv in rep.header.items():
         parts.append(f"## {title}\n\n" + _md_table(["", ""], [[k, v] for k, v in kv.items()]))
     parts.append(
@@ -796,7 +963,8 @@ def to_markdown(rep: Report) -> str:
         + (_md_table(["param", "at HEAD", "this run"], _changed_rows(rep.changed)) if rep.changed else "none")
     )
     parts.append(
-        "## wall time per stage\n\n" + _md_table(["stage", "wall", "orchestration overhead"], rep.timings)
+        "## wall time per stage\n\n"
+        + _md_table(["stage", "wall", "orchestration overhead", "made by"], rep.timings)
     )
     rows = [[stage, label, value] for stage, _, lines in rep.sections for label, value in lines]
     parts.append("## the run in one table\n\n" + _md_table(["stage", "metric", "value"], rows))
@@ -818,6 +986,7 @@ text-align:left;vertical-align:top} th{background:#f4f6f8} td.v{font-variant-num
 tr.stage td{background:#eef3f8;font-weight:600} .muted{color:#777} .grid{display:grid;
 grid-template-columns:repeat(auto-fill,minmax(480px,1fr));gap:12px} figure{margin:0} img{max-width:100%}
 figcaption{font-size:12px;color:#555} .cols{display:grid;grid-template-columns:repeat(3,1fr);gap:16px}
+table.claims td:nth-child(4){font-weight:600;white-space:nowrap}
 """
 
 
@@ -844,12 +1013,26 @@ def to_html(rep: Report, out: Path) -> str:
         else "<p class=muted>none: the params of the last commit</p>"
     )
     timings = (
-        "<table><tr><th>stage</th><th>wall</th><th>orchestration overhead</th></tr>"
+        "<table><tr><th>stage</th><th>wall</th><th>orchestration overhead</th><th>made by</th></tr>"
         + "".join(
-            f"<tr><td>{e(s)}</td><td class=v>{e(w)}</td><td class=v>{e(o)}</td></tr>"
-            for s, w, o in rep.timings
+            f"<tr><td>{e(s)}</td><td class=v>{e(w)}</td><td class=v>{e(o)}</td><td>{e(x)}</td></tr>"
+            for s, w, o, x in rep.timings
         )
         + "</table>"
+    )
+    claims = (
+        "<h2>the papers' claims, at this run's scale</h2><table class=claims><tr>"
+        + "".join(f"<th>{e(h)}</th>" for h in CLAIMS_HEADER)
+        + "</tr>"
+        + "".join(
+            "<tr>"
+            + "".join(f"<td{' class=v' if i == 3 else ''}>{e(c)}</td>" for i, c in enumerate(row))
+            + "</tr>"
+            for row in rep.claims
+        )
+        + "</table>"
+        if rep.claims
+        else ""
     )
     body = []
     for stage, title, lines in rep.sections:
@@ -877,8 +1060,8 @@ def to_html(rep: Report, out: Path) -> str:
     return (
         "<!doctype html><html><head><meta charset=utf-8><title>gpt-lineage report</title>"
         f"<style>{CSS}</style></head><body><h1>gpt-lineage report card</h1>"
-        f"<p class=muted>generated {e(time.strftime('%Y-%m-%d %H:%M:%S %Z'))}</p>"
-        f"<div class=cols>{cols}</div><h2>changed params (vs the last commit)</h2>{changed}"
+        f"<p class=muted>generated {e(time.strftime('%Y-%m-%d %H:%M:%S %Z'))}</p>{claims}"
+        f"<h2>details</h2><div class=cols>{cols}</div><h2>changed params (vs the last commit)</h2>{changed}"
         f"<h2>wall time per stage</h2>{timings}<h2>the run in one table</h2>"
         f"<table><tr><th>metric</th><th>value</th></tr>{''.join(body)}</table>"
         f"<h2>plots</h2><div class=grid>{''.join(figures)}</div>{dropped}"

@@ -74,6 +74,16 @@ def headline_metrics(metrics: dict[str, Any], keys: Sequence[str]) -> dict[str, 
     return out
 
 
+def summary_keys(flat: dict[str, float], keys: Sequence[str]) -> set[str]:
+    """The flattened metric keys a stage's run shows as MLflow metrics: those its headline globs
+    pick and perf/; the rest stays in the metrics.json artifact. A stage that declares no headline
+    shows them all."""
+    if not keys:
+        return set(flat)
+    patterns = [_pattern(entry.rpartition("=")[2]) for entry in keys]
+    return {k for k in flat if k.startswith("perf/") or any(rx.match(k) for rx in patterns)}
+
+
 def run_stage(
     stage: str,
     body: Callable[[StageContext], dict[str, Any]],
@@ -99,7 +109,13 @@ def run_stage(
         with stage_run(stage, params, root) as tracker:
             with atomic_dir(data / stage) as out:
                 ctx = StageContext(stage, params, root, out, orch, tracker)
-                metrics = orch.run(stage, lambda: body(ctx), params)
+                metrics = orch.run(
+                    stage,
+                    lambda: body(ctx),
+                    params,
+                    tags=[f"mlflow:{tracker.run_id}"] if tracker.run_id else [],
+                    on_flow_run=lambda fid: tracker.link_flow_run(fid, api),
+                )
                 metrics.setdefault("perf", {})
                 metrics["perf"]["wall_s"] = round(time.perf_counter() - t0, 3)
                 metrics["perf"]["flow_overhead_s"] = round(orch.overhead_s, 3)
@@ -108,7 +124,8 @@ def run_stage(
                 write_json(root / "metrics" / f"{stage}.json", headline_metrics(metrics, headline))
             except OSError as e:
                 raise LineageError(f"{root / 'metrics'}: cannot write {stage}.json ({e})") from None
-            tracker.log_metrics(flatten_metrics(metrics))
+            flat = flatten_metrics(metrics)
+            tracker.log_summary(flat, summary_keys(flat, headline), metrics)
             tracker.commit()  # deferred model registrations: only for a stage that succeeded
     return metrics
 

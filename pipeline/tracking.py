@@ -156,9 +156,8 @@ def _cmdline(pid: int) -> list[str]:
 def _is_dvc(cmd: list[str]) -> bool:
     """`dvc repro`, `dvc exp run`, `python -m dvc ...`: the process that runs the stages."""
     names = [Path(a).name for a in cmd[:3]]
-    return ("dvc" in names or (len(cmd) > 2 and cmd[1:3] == ["-m", "dvc"])) and any(
-        a in ("repro", "run", "exp") for a in cmd[1:4]
-    )
+    module = len(cmd) > 2 and cmd[1] == "-m" and cmd[2] in ("dvc", "pipeline.dvc_quiet")
+    return ("dvc" in names or module) and any(a in ("repro", "run", "exp") for a in cmd[1:4])
 
 
 def dvc_execution(pid: int | None = None, depth: int = 6) -> tuple[str, str] | None:
@@ -222,19 +221,67 @@ def _parent_tags(root: Path, command: str) -> dict[str, str]:
     }
 
 
-def _parent_name(root: Path) -> str:
-    what = os.environ.get("DVC_EXP_NAME") or profile_name(root)
-    return f"pipeline {what} {time.strftime('%Y-%m-%d %H:%M:%S')}"
+def _parent_name(root: Path, changed: dict[str, tuple[Any, Any]] | None = None) -> str:
+    """The time first (MLflow's run lists and chart legends cut names to about 25 characters, so two
+    executions differ there), then what sets this execution apart: the DVC experiment, the changed
+    params (``ppo.seed=2``), or the profile."""
+    changed = changed_params(root) if changed is None else changed
+    what = os.environ.get("DVC_EXP_NAME") or " ".join(f"{k}={v[1]}" for k, v in changed.items())
+    if os.environ.get(PROFILE_ENV):
+        what = f"{os.environ[PROFILE_ENV]} {what}".strip()
+    return f"{time.strftime('%m-%d %H:%M:%S')} {what or profile_name(root)}"[:120]
+
+
+def resolved_value(params: Params | None, key: str, value: Any) -> Any:
+    """A param as the stage uses it: a section's ``seed`` left at None means `common.seed`."""
+    if value is None and key.endswith(".seed") and not key.startswith("common.") and params is not None:
+        return params.common.seed
+    return value
 
 
 def _log_changed_params(
-    client: Any, run_id: str, root: Path, changed: dict[str, tuple[Any, Any]] | None = None
+    client: Any,
+    run_id: str,
+    root: Path,
+    changed: dict[str, tuple[Any, Any]] | None = None,
+    params: Params | None = None,
 ) -> None:
     from mlflow.entities import Param
 
     changed = changed_params(root) if changed is None else changed
     if changed:
-        client.log_batch(run_id, params=[Param(k, str(v[1])[:6000]) for k, v in list(changed.items())[:100]])
+        client.log_batch(
+            run_id,
+            params=[
+                Param(k, str(resolved_value(params, k, v[1]))[:6000]) for k, v in list(changed.items())[:100]
+            ],
+        )
+
+
+def headline_files(root: Path, stages: list[str] | None = None) -> dict[str, float]:
+    """Every stage's headline metrics (metrics/<stage>.json) as ``<stage>/<name>``: what a parent
+    run carries, so MLflow compares two pipeline executions metric by metric."""
+    out: dict[str, float] = {}
+    for stage in stages if stages is not None else pipeline_stages(root):
+        try:
+            values = json.loads((root / "metrics" / f"{stage}.json").read_text())
+        except (OSError, ValueError):
+            continue
+        for k, v in values.items() if isinstance(values, dict) else ():
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                out[f"{stage}/{k}"] = float(v)
+    return out
+
+
+def log_parent_metrics(client: Any, run_id: str, root: Path, stages: list[str] | None = None) -> int:
+    """Log the headline metrics of ``stages`` (default: all) on the parent run; returns how many."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, v, now, 0) for k, v in headline_files(root, stages).items()]
+    for i in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[i : i + 1000])
+    return len(metrics)
 
 
 def start_pipeline_run(
@@ -246,24 +293,31 @@ def start_pipeline_run(
 
     exp_id = setup_mlflow(params, root)
     client = MlflowClient()
-    run = client.create_run(exp_id, run_name=_parent_name(root), tags=_parent_tags(root, command))
     changed = {**changed_params(root), **{k: (None, v) for k, v in (overrides or {}).items()}}
-    _log_changed_params(client, run.info.run_id, root, changed)
+    run = client.create_run(exp_id, run_name=_parent_name(root, changed), tags=_parent_tags(root, command))
+    _log_changed_params(client, run.info.run_id, root, changed, params)
     return run.info.run_id
 
 
-def end_pipeline_run(params: Params, root: Path, run_id: str, ok: bool) -> None:
-    """Close a parent run: record the reused stages, then FINISHED or FAILED."""
+def end_pipeline_run(params: Params, root: Path, run_id: str, ok: bool, status: str | None = None) -> None:
+    """Close a parent run: record the reused stages and every stage's headline metrics (those it
+    reused too: they are this execution's results), then FINISHED, FAILED or ``status`` (KILLED
+    for a Ctrl-C)."""
     from mlflow import MlflowClient
 
     setup_mlflow(params, root)
     client = MlflowClient()
     with contextlib.suppress(Exception):
         mark_reused(client, run_id, root)
-    client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
+    if ok:
+        with contextlib.suppress(Exception):
+            log_parent_metrics(client, run_id, root)
+    client.set_terminated(run_id, status or ("FINISHED" if ok else "FAILED"))
 
 
-def _attach_parent(client: Any, exp_id: str, root: Path) -> tuple[str | None, bool]:
+def _attach_parent(
+    client: Any, exp_id: str, root: Path, params: Params | None = None
+) -> tuple[str | None, bool]:
     """(parent run id, whether this stage manages the parent's status). ``LINEAGE_PARENT_RUN_ID``
     wins; else the parent of the DVC process above us, created by the first stage to run."""
     env_id = os.environ.get(PARENT_ENV)
@@ -280,7 +334,7 @@ def _attach_parent(client: Any, exp_id: str, root: Path) -> tuple[str | None, bo
     run = client.create_run(
         exp_id, run_name=_parent_name(root), tags={**_parent_tags(root, command), EXECUTION_TAG: key}
     )
-    _log_changed_params(client, run.info.run_id, root)
+    _log_changed_params(client, run.info.run_id, root, params=params)
     return run.info.run_id, True
 
 
@@ -354,6 +408,24 @@ class Tracker:
         if clean:
             self._mlflow.log_metrics(clean, step=step)
 
+    def log_summary(self, flat: dict[str, float], shown: set[str], detail: Any = None) -> None:
+        """The end-of-run summary: all of ``flat`` is kept for the model registry's tags, only the
+        ``shown`` keys (the headline figures and perf/) become MLflow metrics, so a run lists what a
+        person reads; ``detail`` (the full metrics.json) goes along as the artifact metrics.json."""
+        self.summary.update(flat)
+        self.log_metrics({k: v for k, v in flat.items() if k in shown})
+        if detail is not None:
+            self._mlflow.log_dict(detail, "metrics.json")
+
+    def link_flow_run(self, flow_run_id: str, api_url: str | None) -> None:
+        """Tag the run with the Prefect flow run that ran the stage (its id and its page in the UI);
+        the flow run carries ``mlflow:<run id>`` the other way."""
+        self._mlflow.set_tag("prefect.flow_run_id", flow_run_id)
+        if api_url:
+            self._mlflow.set_tag(
+                "prefect.flow_run_url", f"{api_url.removesuffix('/api')}/runs/flow-run/{flow_run_id}"
+            )
+
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self._mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
@@ -388,22 +460,43 @@ class Tracker:
     def _register(self, model: Any, name: str, weights: str | None, description: str | None) -> None:
         from mlflow import MlflowClient
 
+        from pipeline.model.gpt import GPT
+
+        tokenizer = self.root / "data" / "tokenize" / "tokenizer.json" if self.root else None
+        pyfunc = isinstance(model, GPT) and tokenizer is not None and tokenizer.is_file()
         with tempfile.TemporaryDirectory() as tmp:
             folder = self.root / "data" / self.stage / weights if weights and self.root else None
             if folder is None or not folder.is_dir():
                 folder = Path(tmp) / "model"
-                save_weights(model, folder)
-            self._mlflow.log_artifacts(str(folder), artifact_path="model")
+                if pyfunc:
+                    from pipeline.model.export import save_model
+
+                    save_model(model, folder)
+                else:
+                    save_weights(model, folder)
             digest = dvc_hash(folder)
+            if pyfunc:  # an MLflow model: `mlflow.pyfunc.load_model("models:/<name>@default")` generates
+                from pipeline.model.pyfunc import log_generator
+
+                source = log_generator(folder, tokenizer, chat=self.stage in ("sft", "ppo")).model_uri
+            else:  # a classifier or reward model: its weights, loaded with the project's code
+                self._mlflow.log_artifacts(str(folder), artifact_path="model")
         run_id = self.run_id
         client = MlflowClient()
         with contextlib.suppress(Exception):
             client.create_registered_model(
                 name,
-                description=f"gpt-lineage: the `{self.stage}` stage's model (safetensors + config.json; "
-                "load with pipeline.model.export.load_model after `mlflow artifacts download`).",
+                description=f"gpt-lineage: the `{self.stage}` stage's model. "
+                + (
+                    "An MLflow pyfunc model: `mlflow.pyfunc.load_model('models:/<name>@default')"
+                    ".predict(['a prompt'])` generates."
+                    if pyfunc
+                    else "safetensors + config.json; load with the project's code after "
+                    "`mlflow artifacts download`."
+                ),
             )
-        source = f"{self._mlflow.get_run(run_id).info.artifact_uri}/model"
+        if not pyfunc:
+            source = f"{self._mlflow.get_run(run_id).info.artifact_uri}/model"
         profile = profile_name(self.root) if self.root else "unknown"
         tags = {
             "stage": self.stage,
@@ -416,9 +509,14 @@ class Tracker:
             tags["val_loss"] = f"{self.summary['val/loss']:.4f}"
         if "model/params" in self.summary:
             tags["n_params"] = str(int(self.summary["model/params"]))
-        version = client.create_model_version(
-            name, source, run_id=run_id, tags=tags, description=description or self._describe(tags)
-        )
+        text = description or self._describe(tags)
+        if pyfunc:  # MLflow 3 registers a logged model by its models:/ URI (it links the version to it)
+            import mlflow
+
+            version = mlflow.register_model(source, name, tags=tags)
+            client.update_model_version(name, version.version, description=text)
+        else:
+            version = client.create_model_version(name, source, run_id=run_id, tags=tags, description=text)
         if profile == "default":
             client.set_registered_model_alias(name, DEFAULT_ALIAS, version.version)
 
@@ -498,23 +596,33 @@ def stage_run(stage: str, params: Params, root: Path) -> Iterator[Tracker]:
         "params_hash": params.section_hash(stage) if hasattr(params, stage) else "",
         **inputs,
     }
-    parent_id, manage_parent = _attach_parent(client, exp_id, root)
+    parent_id, manage_parent = _attach_parent(client, exp_id, root, params)
     if parent_id:
         tags["mlflow.parentRunId"] = parent_id
     run = client.create_run(exp_id, run_name=stage, tags=tags)
-    ok = False
+    ok = interrupted = False
     try:
         with mlflow.start_run(run_id=run.info.run_id):
             logged = {f"common.{k}": v for k, v in flatten(params.common.model_dump(mode="json")).items()}
             if hasattr(params, stage):
                 section = getattr(params, stage).model_dump(mode="json")
                 logged.update({f"{stage}.{k}": v for k, v in flatten(section).items()})
-            mlflow.log_params({k: str(v)[:6000] for k, v in logged.items()})
+            mlflow.log_params({k: str(resolved_value(params, k, v))[:6000] for k, v in logged.items()})
             _log_inputs(mlflow, inputs)
-            yield Tracker(mlflow, stage, root, params)
+            try:
+                yield Tracker(mlflow, stage, root, params)
+            except KeyboardInterrupt:  # Ctrl-C: the run was stopped, not broken
+                mlflow.end_run("KILLED")
+                raise
             ok = True
+        if parent_id:  # the parent carries each stage's headline metrics as the stage finishes
+            with contextlib.suppress(Exception):
+                log_parent_metrics(client, parent_id, root, [stage])
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
     finally:
         if manage_parent and parent_id:
             # the parent of a plain `dvc repro` stays open only while one of its stages runs
             with contextlib.suppress(Exception):
-                client.set_terminated(parent_id, "FINISHED" if ok else "FAILED")
+                client.set_terminated(parent_id, "FINISHED" if ok else "KILLED" if interrupted else "FAILED")

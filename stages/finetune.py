@@ -21,6 +21,7 @@ from pipeline.errors import LineageError
 from pipeline.eval.config import EMBEDDED_TASKS, FinetuneConfig
 from pipeline.eval.task import Task
 from pipeline.io import write_csv, write_json, write_table
+from pipeline.progress import Phases
 from pipeline.stage import StageContext, main
 from pipeline.train.checkpoint import run_key
 
@@ -137,9 +138,11 @@ def body(ctx: StageContext) -> dict[str, Any]:
                 if task is tasks[0] and ctx.tracker is not None:  # the registry holds one model per name
                     ctx.tracker.log_model(model, "gpt-lineage-finetune", weights=f"model/{task.name}")
         if cfg.zero_shot and task.prompt is not None:
-            scored = score_choices(
-                pretrained, encode, eot, [task.prompt(it) for it in task.test], cfg.batch_size, device
-            )
+            with Phases(f"finetune: {task.name}, zero-shot", 1) as phases:
+                phases.next(f"scoring {len(task.test)} test items with the pretrained model")
+                scored = score_choices(
+                    pretrained, encode, eot, [task.prompt(it) for it in task.test], cfg.batch_size, device
+                )
             from pipeline.eval.metrics import classification_metrics
 
             n_opt = len(task.prompt(task.test[0])[0])

@@ -27,7 +27,7 @@ from typing import Any
 
 from pipeline.errors import LineageError
 from pipeline.stage import StageContext, main
-from pipeline.train.checkpoint import run_key
+from pipeline.train.checkpoint import record_run, run_key
 
 HEADLINE = [
     "ppo_win_rate=eval/greedy/win_rate/ppo_vs_sft/value", "ppo_win_rate_sampled=eval/sampled/win_rate/ppo_vs_sft/value",
@@ -50,7 +50,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
     from pipeline.io import write_csv
     from pipeline.model.export import load_model, save_model
     from pipeline.model.reward import check_tokenizer, load_reward_model, tokenizer_sha256
-    from pipeline.progress import Progress
+    from pipeline.progress import Phases, Progress
     from pipeline.tokenizer import load_tokenizer, open_tokens, read_meta
     from pipeline.train.data import TrainBatches
     from pipeline.train.loop import device_for
@@ -114,6 +114,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
     key = run_key(ctx.params.ppo, ctx.params.common.seed, NOT_IN_RUN_KEY, inputs)
     ckpt_dir = ctx.root / "checkpoints" / "ppo" / key
     ckpt_dir.mkdir(parents=True, exist_ok=True)
+    record_run(ckpt_dir, ctx.params.ppo, ctx.params.common.seed, NOT_IN_RUN_KEY)
 
     def validate(tr: PPOTrainer) -> dict[str, float]:
         got = sample_and_score(tr.eval_model, tr.ref, tr.reward, val_prompts, cfg.max_new_tokens, chat.end,
@@ -158,7 +159,10 @@ def body(ctx: StageContext) -> dict[str, Any]:
     last_model = trainer.eval_model.eval()
     ev: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
+    tasks_dir = ctx.root / "data" / "evaluate" / "tasks"
+    phases = Phases("ppo: final evaluation", 4 if tasks_dir.is_dir() else 3)
     for mode, temp in (("greedy", 0.0), ("sampled", 1.0)):
+        phases.next(f"{mode} answers to {len(test_prompts)} test prompts")
         models = (("ppo", final), ("sft", sft)) + (
             (("last", last_model),) if mode == "greedy" and not kept_is_last else ()
         )
@@ -208,6 +212,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
     ev["sft_vs_fewshot"] = win_rate([a for a, _ in pairs], [b for _, b in pairs], seed) if pairs else {}
 
     # alignment tax: pretraining validation loss and bits per byte, before and after
+    phases.next("alignment tax: validation loss")
     val = open_tokens(tok_dir, "val")
     windows = spread_windows(val.tokens, block, cfg.tax_windows)
     srcs = list(meta.get("val_bytes_per_source", {}))
@@ -228,9 +233,10 @@ def body(ctx: StageContext) -> dict[str, Any]:
     tax["last_delta_vs_sft"] = {k: tax["last"][k] - tax["sft"][k] for k in ("loss", "bpb")}
     # the evaluate stage's tasks, zero-shot, before and after (InstructGPT's alignment tax on public
     # tasks), where that stage has written them
-    tasks_dir = ctx.root / "data" / "evaluate" / "tasks"
     if tasks_dir.is_dir():
+        phases.next("alignment tax: zero-shot tasks")
         tax["zeroshot"] = zeroshot_tax(scored, tasks_dir, chat.tok, device, kept_is_last)
+    phases.close()
 
     # the over-optimisation curve: gold and RM score against KL, at every validation
     evals = trainer.evals

@@ -21,7 +21,7 @@ from typing import Any
 
 from pipeline.errors import LineageError
 from pipeline.stage import StageContext, launch
-from pipeline.train.checkpoint import run_key
+from pipeline.train.checkpoint import record_run, run_key
 
 HEADLINE = [
     "rm_val_acc=val/pair_acc", "rm_val_gold_acc=val/gold_pair_acc", "rm_val_top1=val/top1",
@@ -40,6 +40,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
     from pipeline.io import write_csv
     from pipeline.model.export import load_model
     from pipeline.model.reward import RewardModel, check_tokenizer, save_reward_model, tokenizer_sha256
+    from pipeline.progress import Phases
     from pipeline.tokenizer import load_tokenizer
     from pipeline.train.instruct import (
         ranked_group,
@@ -95,6 +96,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
     key = run_key(cfg, seed, NOT_IN_RUN_KEY,
                   [sft_dir / "model.safetensors", tok_file, ctx.input("comparisons", "comparisons.jsonl")])  # fmt: skip
     ckpt = ctx.root / "checkpoints" / "reward" / key / "ckpt.pt"
+    record_run(ckpt.parent, cfg, seed, NOT_IN_RUN_KEY)
 
     def evaluate(m: torch.nn.Module) -> dict[str, float]:
         rewards = score_groups(m, val_groups, cfg.batch_size, device)
@@ -113,6 +115,8 @@ def body(ctx: StageContext) -> dict[str, Any]:
     model.eval()
 
     # bias shift: the SFT demonstrations (prompt + reference answer) score 0 on average
+    phases = Phases("reward: final evaluation", 3)
+    phases.next("bias shift on the SFT demonstrations")
     demos = read_split(ctx.input("instructions"), "sft")[: cfg.bias_samples]
     demo_groups = [
         {"seqs": [response_ids(chat, d["messages"], d["reference"] + "<|end|>", block)]} for d in demos
@@ -122,6 +126,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
     with torch.no_grad():
         model.head.bias -= shift
 
+    phases.next(f"rankings of {len(val_groups)} validation prompts")
     val_rewards = score_groups(model, val_groups, cfg.batch_size, device)
     noisy = ranking_metrics(val_rewards, [g["ranks"] for g in val_groups])
     gold_rows = [r for r in val_rows if "gold_ranks" in r]
@@ -139,8 +144,10 @@ def body(ctx: StageContext) -> dict[str, Any]:
             at = [i for i, ti in enumerate(temps) if ti == t]
             m = ranking_metrics([[rw[i] for i in at]], [[r["ranks"][i] for i in at]])
             same_agree, same_pairs = same_agree + m["pair_acc"] * m["pairs"], same_pairs + m["pairs"]
+    phases.next(f"rankings of {min(512, len(train_groups))} training prompts")
     train_eval = ranking_metrics(score_groups(model, train_groups[:512], cfg.batch_size, device),
                                  [g["ranks"] for g in train_groups[:512]])  # fmt: skip
+    phases.close()
     by_family: dict[str, list[float]] = {}
     for r, rw in zip(val_rows, val_rewards, strict=True):
         by_family.setdefault(r.get("family", "data"), []).append(

@@ -19,7 +19,7 @@ from typing import Any
 
 from pipeline.errors import LineageError
 from pipeline.stage import StageContext, launch
-from pipeline.train.checkpoint import run_key
+from pipeline.train.checkpoint import record_run, run_key
 
 HEADLINE = [
     "sft_exact=eval/sft/exact/value", "sft_score=eval/sft/score", "fewshot_exact=eval/fewshot/exact/value",
@@ -85,6 +85,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
     model.load_state_dict(pretrained.state_dict())
     key = run_key(cfg, seed, NOT_IN_RUN_KEY, [model_dir / "model.safetensors", tok_file, inst / "sft.jsonl"])
     ckpt_dir = ctx.root / "checkpoints" / "sft" / key
+    record_run(ckpt_dir, cfg, seed, NOT_IN_RUN_KEY)
     best_file = ckpt_dir / "best.json"
     best = json.loads(best_file.read_text()) if cfg.resume and best_file.is_file() else {"loss": float("inf")}
 

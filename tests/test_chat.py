@@ -44,6 +44,12 @@ def test_two_turns_through_a_pipe_keep_the_history(tmp_path: Path, tok) -> None:
     assert run.returncode == 0, run.stderr
     replies = [line for line in run.stdout.splitlines() if line.startswith("assistant> ")]
     assert len(replies) == 2 and "Traceback" not in run.stderr
+    turns = [line for line in run.stdout.splitlines() if line.startswith(("you> ", "assistant> "))]
+    assert (
+        turns[0] == "you> What is the sum of two and three?"
+        and turns[2] == "you> Which module defines dumps?"
+    )
+    assert turns[1].startswith("assistant> ")  # a transcript: each answer follows its question
     sizes = [int(line.split()[2]) for line in run.stderr.splitlines() if line.startswith("lineage: context")]
     assert len(sizes) == 2 and sizes[1] > sizes[0] + 8  # the second prompt carries the first exchange
 
@@ -105,11 +111,22 @@ def test_lineage_checkpoints_names_the_shape_of_every_training_run(
     (pre / "tokenizer.json").write_text("{}")
     (tmp_path / "checkpoints" / "ppo" / "k2").mkdir(parents=True)
     (tmp_path / "checkpoints" / "ppo" / "k2" / "ckpt.pt").write_bytes(b"not a checkpoint")
+    for key, seed in (("k3", 1337), ("k4", 2)):  # two PPO runs that differ in their seed only
+        save_checkpoint(tmp_path / "checkpoints" / "ppo" / key / "ckpt.pt",
+                        {"model": {}, "model_config": {**shape, "steps": 60}})  # fmt: skip
+        (tmp_path / "checkpoints" / "ppo" / key / "params.json").write_text(
+            json.dumps({"seed": seed, "kl_coef": 0.02, "steps": 60})
+        )
     monkeypatch.chdir(tmp_path)
     assert main(["checkpoints"]) == 0
-    lines = {line.split("/")[1]: line for line in capsys.readouterr().out.splitlines()}
-    assert "gpt2 2x2x32 vocab 64" in lines["pretrain"] and "max_steps 600" in lines["pretrain"]
-    assert "own tokenizer" in lines["pretrain"]
-    assert "gpt2 2x2x32 vocab 64" in lines["sft"] and "steps 540" in lines["sft"]
-    assert "no tokenizer beside it" in lines["sft"]
-    assert "shape unknown" in lines["ppo"]
+    out = capsys.readouterr().out.splitlines()
+    header, rows = out[0], out[1:]
+    assert header.split() == ["checkpoint", "modified", "model", "steps", "profile", "tokenizer", "differs"]
+    col = header.index("model")
+    assert all(line[col - 2 : col] == "  " for line in rows), "columns are aligned under the header"
+    by_key = {line.split()[0].split("/")[2]: line for line in rows}
+    assert "gpt2 2x2x32 v64" in by_key["k0"] and " 600 " in by_key["k0"] and "beside it" in by_key["k0"]
+    assert "gpt2 2x2x32 v64" in by_key["k1"] and " 540 " in by_key["k1"]
+    assert " ? " in by_key["k2"] and by_key["k2"].endswith(" -")
+    assert by_key["k3"].endswith("seed=1337") and by_key["k4"].endswith("seed=2")  # what tells them apart
+    assert "kl_coef" not in by_key["k3"]

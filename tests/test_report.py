@@ -126,3 +126,81 @@ def test_lineage_exp_puts_experiments_side_by_side_and_cuts_long_values():
     assert max(map(len, lines)) <= 120
     same = "rev,Created\nworkspace,\nmain,2026-11-27T15:29:50\n"  # no experiment, nothing changed
     assert transpose_experiments(same) == "no param or metric differs between workspace, main\n"
+
+
+def _evaluate_and_reward(tmp_path, n_tasks=12):
+    data = tmp_path / "data"
+    tasks = {
+        f"task{i}": {f"k{k}": {"acc": 0.0 if i else 0.25 + k / 100} for k in (0, 1, 4)}
+        for i in range(n_tasks)
+    }
+    evaluate = {"models": {"pretrain": {"tasks": tasks, "synthetic_mean": {"k0": 0.1, "k1": 0.2, "k4": 0.3}}},
+                "perf": {"wall_s": 30.0, "flow_overhead_s": 1.0}}  # fmt: skip
+    (data / "evaluate").mkdir(parents=True)
+    (data / "evaluate" / "metrics.json").write_text(json.dumps(evaluate))
+    write_csv(data / "evaluate" / "plots" / "kshot.csv", [
+        {"series": f"{m}/task{i}", "k": k, "acc": 0.1 * i + k / 10} for m in ("pretrain", "sft", "ppo")
+        for i in range(n_tasks) for k in (0, 1, 4)
+    ])  # fmt: skip
+    (data / "reward").mkdir(parents=True)
+    (data / "reward" / "metrics.json").write_text(
+        json.dumps({"val": {"pair_acc": 0.69}, "perf": {"wall_s": 20.0, "flow_overhead_s": 1.0}})
+    )
+    write_csv(data / "reward" / "plots" / "val.csv", [{"step": 100, "pair_acc": 0.69, "top1": 0.6}])
+
+
+def test_the_report_opens_with_the_papers_claims_beside_this_runs_figures(tmp_path):
+    _evaluate_and_reward(tmp_path)
+    out = tmp_path / "out"
+    rep = report.build(tmp_path, out, ["evaluate", "reward", "ppo"], {}, {"git commit": "abc"}, {})
+    md = report.to_markdown(rep)
+    first = md.split("\n## ")[1]
+    assert first.startswith("the papers' claims")
+    lines = {line.split(" | ")[2]: line for line in first.splitlines() if line.startswith("| ")}
+    gpt3 = lines["synthetic tasks mean, 0-shot / largest k"]
+    assert "| 10.0% / 30.0% |" in gpt3 and "86.4%" in gpt3  # k4 is the largest k here
+    assert "| 69.0% |" in lines["pairwise accuracy on held-out prompts"]
+    assert "ppo: not run" in lines["win rate, PPO vs SFT, greedy (95% CI)"]
+    assert md.index("the papers' claims") < md.index("## run") < md.index("the run in one table")
+
+
+def test_task_by_k_accuracies_are_one_line_per_task_and_the_all_zero_tasks_one_line(tmp_path):
+    _evaluate_and_reward(tmp_path)
+    out = tmp_path / "out"
+    rep = report.build(tmp_path, out, ["evaluate", "reward"], {}, {}, {})
+    (section,) = [lines for stage, _, lines in rep.sections if stage == "evaluate"]
+    labels = dict(section)
+    assert labels["pretrain task0 accuracy by k-shot"] == "k0 25.0% · k1 26.0% · k4 29.0%"
+    zero = labels["pretrain: 0.0% at every k"]
+    assert zero.split(", ") == [f"task{i}" for i in range(1, 12)]
+    assert labels["pretrain synthetic tasks mean by k-shot"] == "k0 10.0% · k1 20.0% · k4 30.0%"
+    assert len(section) <= 4  # was one line per task x k: 36 here
+
+
+def test_a_one_point_curve_is_not_drawn_and_k_shot_curves_are_small_multiples(tmp_path):
+    _evaluate_and_reward(tmp_path)
+    out = tmp_path / "out"
+    rep = report.build(tmp_path, out, ["evaluate", "reward"], {}, {}, {})
+    names = [n for n, _ in rep.figures]
+    assert "reward_val.png" not in names and any("one point only" in n for n in rep.notes)
+    assert "evaluate_kshot.png" in names
+    fig = report.plot_facets(report.REPORT["evaluate"].plots[0], [report.read_csv(
+        tmp_path / "data" / "evaluate" / "plots" / "kshot.csv")], {})  # fmt: skip
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(panels) == 12 and all(
+        len(ax.get_lines()) == 3 for ax in panels
+    )  # a panel per task, a line per model
+    assert len(fig.legends) == 1 and len(fig.legends[0].get_texts()) == 3
+
+
+def test_the_wall_time_total_counts_this_execution_and_names_where_the_rest_came_from(tmp_path):
+    _evaluate_and_reward(tmp_path)
+    out = tmp_path / "out"
+    origins = {
+        "evaluate": report.THIS_EXECUTION,
+        "reward": "an earlier execution (2026-12-01 10:00, run ab12cd34)",
+    }
+    rep = report.build(tmp_path, out, ["evaluate", "reward"], {}, {}, {}, origins)
+    rows = {r[0]: r for r in rep.timings}
+    assert rows["total"][1] == "30.0s" and "1 stages' outputs come from earlier ones" in rows["total"][3]
+    assert rows["reward"][3].startswith("an earlier execution")

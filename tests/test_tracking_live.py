@@ -157,7 +157,19 @@ def test_a_pipeline_execution_is_one_parent_run_with_a_child_per_stage(
     metrics = json.loads((tmp_path / "data" / "pretrain" / "metrics.json").read_text())
     assert float(vtags["val_loss"]) == pytest.approx(metrics["val"]["loss"], abs=1e-4)
     assert version["run_id"] == children["pretrain"] and version["description"]
-    files = {
-        f["path"] for f in _get(server, "artifacts/list", run_id=children["pretrain"], path="model")["files"]
-    }
-    assert files == {"model/model.safetensors", "model/config.json"}
+    # the version is an MLflow model that loads from the registry and generates; weights as
+    # safetensors, code as source files, nothing pickled
+    import mlflow
+
+    mlflow.set_tracking_uri(server)
+    loaded = mlflow.pyfunc.load_model("models:/gpt-lineage-pretrain@default")
+    (text,) = loaded.predict(["the river"], params={"max_new_tokens": 3})
+    assert isinstance(text, str)
+    local = Path(
+        mlflow.artifacts.download_artifacts(
+            "models:/gpt-lineage-pretrain@default", dst_path=str(tmp_path / "dl")
+        )
+    )
+    files = {p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()}
+    assert {"MLmodel", "artifacts/model/model.safetensors", "artifacts/model/config.json"} <= files, files
+    assert not [f for f in files if f.endswith((".pkl", ".pickle"))]

@@ -186,6 +186,7 @@ def train_variant(pretrained: GPT, layers: int | None, task: Task, train_ex: Seq
     """Fine-tune one model (``layers`` transferred, see build_model) on ``task`` with the recipe in
     ``cfg`` (a FinetuneConfig) and score it on the test side: ``{model, metrics, pred, outputs, train}``.
     ``progress``: a label to show the training steps on the terminal under."""
+    from pipeline.progress import Phases
     from pipeline.train.supervised import SupervisedConfig, SupervisedTrainer
 
     coef = cfg.lm_coef if lm_coef is None else lm_coef
@@ -206,8 +207,15 @@ def train_variant(pretrained: GPT, layers: int | None, task: Task, train_ex: Seq
         log=log, progress=progress,
     )  # fmt: skip
     result = trainer.run()
+    phases = Phases(f"{progress}: test set", 2) if progress else None
+    if phases is not None:
+        phases.next(f"predictions on {len(test_ex)} items")
     outputs = predict(model, test_ex, cfg.batch_size, task.regression, device)
+    if phases is not None:
+        phases.next("metrics with bootstrap intervals")
     metrics, pred = task_metrics(task, outputs, seed)
+    if phases is not None:
+        phases.close()
     train = {
         "loss": result.get("train/loss", float("nan")), "steps": result["steps"],
         "train_s": round(result["train_s"], 3), "resumed_from_step": trainer.resumed_from,

@@ -31,6 +31,20 @@ def run_key(section: Any, seed: int, exclude: Iterable[str], inputs: Iterable[Pa
     return h.hexdigest()[:16]
 
 
+def record_run(folder: Path, section: Any, seed: int, exclude: Iterable[str]) -> None:
+    """params.json beside a run's checkpoints: the settings its `run_key` hashes, with a section's
+    own ``seed`` left at None shown as the seed it falls back to, so `lineage checkpoints` can say
+    which params tell two runs of a stage apart."""
+    skip = set(exclude)
+    settings = {k: v for k, v in section.model_dump(mode="json").items() if k not in skip}
+    if settings.get("seed", 0) is None or "seed" not in settings:
+        settings["seed"] = seed
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".params.json.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(settings, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, folder / "params.json")
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")

@@ -244,11 +244,17 @@ class Trainer:
 
     # -- evaluation
     @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self, desc: str | None = None) -> dict[str, float]:
+        """Validation loss per source and overall; with ``desc``, progress names the source under way."""
+        from pipeline.progress import Phases
+
         self.model.eval()
         out: dict[str, float] = {}
         total_loss = total_tokens = 0.0
+        phases = Phases(desc, len(self.windows)) if desc and self.dist.main else None
         for name, windows in self.windows.items():
+            if phases is not None:
+                phases.next(f"validation loss on {name} ({len(windows)} windows)")
             loss_sum = n_tok = 0.0
             for chunk in windows.split(self.cfg.batch_size):
                 chunk = chunk.to(self.device)
@@ -266,6 +272,8 @@ class Trainer:
             total_tokens += n_tok
         if total_tokens:
             out["val/loss"] = total_loss / total_tokens
+        if phases is not None:
+            phases.close()
         self.model.train()
         return out
 
@@ -349,7 +357,7 @@ class Trainer:
         if not last:  # resumed a run that had already finished: report its last logged figures
             last = next((dict(h) for h in reversed(self.history) if "train/loss" in h), {})
             last.pop("step", None)
-        final = self.evaluate() if self.windows else {}
+        final = self.evaluate("pretrain: final evaluation") if self.windows else {}
         evaluated_here = any(h["step"] == self.step and "val/loss" in h for h in self.history)
         if final and self.dist.main and not evaluated_here:  # else the curve already ends on it
             self._log(final, self.step)

@@ -241,7 +241,9 @@ class SupervisedTrainer:
         if self.progress and self.dist.main:
             from pipeline.progress import Progress
 
-            bar = Progress(self.total_steps, f"{self.progress} ({dtype_name(self.dtype)})", "steps", initial=self.step)
+            bar = Progress(
+                self.total_steps, f"{self.progress} ({dtype_name(self.dtype)})", "steps", initial=self.step
+            )
         try:
             return self._run(bar)
         finally:
