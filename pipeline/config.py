@@ -199,6 +199,9 @@ class CleanConfig(Section):
     max_dup_para_char_frac: float = Field(0.2, ge=0, le=1)
     max_top_ngram_char_frac: dict[int, float] = {2: 0.20, 3: 0.18, 4: 0.16}
     max_dup_ngram_char_frac: dict[int, float] = {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}
+    # where a repeated 5..10-gram counts: inside one line (one extracted block: a paragraph, an API
+    # entry), or anywhere in the document as Gopher measured it; bench/docs_site.py compares them
+    dup_ngram_unit: Literal["line", "document"] = "line"
     languages: list[str] = ["en"]  # empty = no language check
     min_language_score: float = Field(0.65, ge=0, le=1)
 
