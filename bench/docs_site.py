@@ -275,7 +275,7 @@ def settings(base: Any) -> dict[str, Any]:
         out[f"focus={focus}"] = base.model_copy(update={"focus": focus})
     gopher = {"max_top_ngram_char_frac": {2: 0.20, 3: 0.18, 4: 0.16},
               "max_dup_ngram_char_frac": {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}}  # fmt: skip
-    out["Gopher n-gram rules as published"] = base.model_copy(update={**gopher, "dup_ngram_unit": "document"})
+    out["dup_ngram_unit=document (Gopher)"] = base.model_copy(update={**gopher, "dup_ngram_unit": "document"})
     return out
 
 
@@ -358,19 +358,28 @@ def main(argv: list[str] | None = None) -> int:
     print(table(["clean setting", "kept", f"kept, F1>={F1_BAR}", "mean F1 (kept)",
                  *(f"good {k}" for k in sorted(kinds))], rows))  # fmt: skip
     rule_rows = []
-    for name in ("params.yaml", "Gopher n-gram rules as published"):
+    for name in ("params.yaml", "dup_ngram_unit=document (Gopher)"):
         for rule, n in sorted(results[name]["reasons"].items(), key=lambda kv: -kv[1]):
             rule_rows.append(
                 [name, rule, n, *(results[name]["by_kind"][k]["reasons"].get(rule, 0) for k in sorted(kinds))]
             )
     print("\nWhich rule drops what, documentation pages\n")
     print(table(["setting", "rule", "pages", *sorted(kinds)], rule_rows))
-    articles = article_rules(args.articles, base)
-    if articles:
-        print(f"\nArticle benchmark ({articles['pages']} pages), params.yaml: word F1 {articles['f1']:.4f}\n")
-        keys = sorted(set(articles["reasons_extracted"]) | set(articles["reasons_gold"]))
-        print(table(["rule", "extracted text", "gold text"],
-                    [[k, articles["reasons_extracted"].get(k, 0), articles["reasons_gold"].get(k, 0)] for k in keys]))  # fmt: skip
+    articles = {name: article_rules(args.articles, cfg) for name, cfg in settings(base).items()
+                if name in ("params.yaml", "dup_ngram_unit=document (Gopher)")}  # fmt: skip
+    if all(articles.values()):
+        a = articles["params.yaml"]
+        print(
+            f"\nArticle benchmark ({a['pages']} pages), params.yaml: word F1 {a['f1']:.4f}; which rule drops what\n"
+        )
+        keys = sorted(
+            {k for r in articles.values() for side in ("reasons_extracted", "reasons_gold") for k in r[side]}
+        )
+        print(table(["rule", *(f"{n}: {side.split('_')[1]} text" for n in articles for side in ("reasons_extracted", "reasons_gold"))],
+                    [[k, *(r[side].get(k, 0) for r in articles.values() for side in ("reasons_extracted", "reasons_gold"))]
+                     for k in keys]))  # fmt: skip
+    else:
+        articles = {}
     write_result(args.out, {"machine": machine(), "pages": dict(kinds), "f1_bar": F1_BAR, "results": results,
                             "articles": articles})  # fmt: skip
     return 0
