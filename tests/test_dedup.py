@@ -467,3 +467,16 @@ def test_a_hub_task_is_reported_as_not_read(tmp_path):
              "evaluate": {"external": ["hellaswag"]}}  # fmt: skip
     sets, skipped = task_test_sets(parse_params(files_params(tmp_path, extra)), tmp_path)
     assert sets == {} and len(skipped) == 2 and "finetune.tasks.sst2" in skipped[0]
+
+
+def test_a_named_test_set_without_its_test_file_is_one_line_naming_the_task(tmp_path):
+    from pipeline.config import parse_params
+    from pipeline.errors import LineageError
+    from pipeline.text.dedup import task_test_sets
+    from tests.conftest import files_params
+
+    (tmp_path / "rte").mkdir()
+    (tmp_path / "rte" / "train.tsv").write_text("index\tsentence1\tsentence2\tlabel\n")
+    extra = {"finetune": {"tasks": {"rte": {"kind": "rte", "path": "rte"}}}}
+    with pytest.raises(LineageError, match=r"finetune.tasks.rte: .*dev.tsv not found"):
+        task_test_sets(parse_params(files_params(tmp_path, extra)), tmp_path)
