@@ -8,6 +8,7 @@ one at ``common.dask_address``, else a local one of ``common.workers`` processes
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import sys
 import time
@@ -145,9 +146,14 @@ def load_ngrams(path: str | None) -> frozenset[str]:
 
 
 def save_ngrams(grams: set[str], path: Path) -> str | None:
+    """``grams`` one a line in a file named after ``path`` and a hash of its content (so a process's
+    cached copy of an earlier run's file under the same name is never read for this one)."""
     if not grams:
         return None
-    path.write_text("\n".join(sorted(grams)), encoding="utf-8")
+    text = "\n".join(sorted(grams))
+    digest = hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    path = path.with_name(f"{path.stem}-{digest}{path.suffix}")
+    path.write_text(text, encoding="utf-8")
     return str(path)
 
 
