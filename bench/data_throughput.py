@@ -11,6 +11,10 @@ data/crawl/docs and data/clean/docs (read only):
   minhash  minhash_signatures with dedup.minhash: numpy (vectorised)  vs  datasketch (MinHash.bulk,
            the reference), for each feature kind (gpt3, word, char), on short documents (30-word
            windows of the clean corpus) and on the clean documents; ratio = numpy / datasketch
+  dedup    the whole dedup stage (stages.dedup.body: shards in, shards and clusters out) on ~54k
+           real short documents (GLUE sentences, PIQA, tinyshakespeare speeches from --short-docs,
+           read in place), candidate pairs from sorted bands (dedup.index: lsh) vs datasketch's
+           MinHashLSH (datasketch), side by side; the kept documents must be the same
   extract  word-level precision / recall / F1 of three extractors against the gold article bodies
            of the article-extraction-benchmark (skipped when that folder is absent)
 
@@ -279,6 +283,105 @@ def bench_minhash(params: Any, data: Path, repeats: int) -> dict[str, Any]:
     return result
 
 
+def short_documents(folder: Path) -> list[str]:
+    """Real short documents from the public data sets in ``folder`` (never copied into the project):
+    GLUE sentences (SST-2, CoLA, STS-B and MRPC pairs, RTE), PIQA goals and solutions, and the
+    speeches of tinyshakespeare. STS-B and MRPC pairs hold paraphrases: near-duplicates to find."""
+    import csv
+
+    texts: list[str] = []
+
+    def tsv(path: Path, cols: list[int], header: bool = True) -> None:
+        if not path.is_file():
+            return
+        with path.open(encoding="utf-8-sig") as fh:
+            rows = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
+            if header:
+                next(rows, None)
+            texts.extend(row[c] for row in rows for c in cols if c < len(row))
+
+    tsv(folder / "glue" / "SST-2" / "train_10k.tsv", [0])
+    tsv(folder / "glue" / "CoLA" / "train.tsv", [3], header=False)
+    tsv(folder / "glue" / "STS-B" / "train.tsv", [7, 8])
+    tsv(folder / "glue" / "MRPC" / "msr_paraphrase_train.txt", [3, 4])
+    tsv(folder / "glue" / "RTE" / "train.tsv", [1, 2])
+    piqa = folder / "piqa_valid" / "valid.jsonl"
+    if piqa.is_file():
+        for line in piqa.read_text().splitlines():
+            r = json.loads(line)
+            texts += [r["goal"], r["sol1"], r["sol2"]]
+    shakespeare = folder / "tinyshakespeare" / "input.txt"
+    if shakespeare.is_file():
+        texts += [p.strip() for p in shakespeare.read_text().split("\n\n")]
+    return [t for t in texts if t.strip()]
+
+
+def bench_dedup_stage(params: Any, folder: Path, repeats: int, with_prefect: bool) -> dict[str, Any]:
+    """The whole dedup stage (``stages.dedup.body``: read shards, signatures, exact keys, LSH,
+    clusters, writing every shard) on real short documents, with the candidate pairs from sorted
+    bands (``dedup.index: lsh``) against datasketch's MinHashLSH (``datasketch``, what the stage
+    used before), side by side; with ``with_prefect`` also once each as a Prefect flow (tasks on
+    the configured runner), where per-task bookkeeping shows."""
+    import shutil
+
+    from pipeline.io import write_table
+    from pipeline.orchestration import Orchestrator
+    from pipeline.stage import StageContext
+    from pipeline.text.quality import SCORED_SCHEMA
+    from stages.dedup import body
+
+    texts = short_documents(folder)
+    if not texts:
+        raise Missing(f"{folder}: no GLUE/PIQA/tinyshakespeare files; pass --short-docs PATH")
+    size = params.common.shard_size
+    result: dict[str, Any] = {"docs": len(texts), "median_words": statistics.median(len(t.split()) for t in texts),
+                              "shard_size": size, "runs": {}}  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        rows = [{"id": f"d{k:06d}", "source": ("glue", "piqa", "plays")[k % 3], "role": "web", "url": "",
+                 "text": t, "content_type": "text/plain", "page_kind": None, "extractor": None,
+                 "words": len(t.split()), "score": 1.0} for k, t in enumerate(texts)]  # fmt: skip
+        for k in range(0, len(rows), size):
+            write_table(root / "data" / "quality" / "docs" / f"part-{k // size:05d}.parquet", rows[k : k + size],
+                        SCORED_SCHEMA)  # fmt: skip
+        variants = {i: params.model_copy(update={"dedup": params.dedup.model_copy(update={"index": i})})
+                    for i in ("lsh", "datasketch")}  # fmt: skip
+
+        def run(p: Any, prefect: bool) -> tuple[float, float, dict[str, Any]]:
+            out = root / "data" / "dedup"
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir(parents=True)
+            orch = Orchestrator(p.common, use_prefect=prefect)
+            ctx = StageContext("dedup", p, root, out, orch, None)
+            t0, c0 = time.perf_counter(), time.process_time()
+            m = orch.run("dedup", lambda: body(ctx))
+            # as a flow: the body's time (a flow's start, and a temporary server's, are not the stage's)
+            wall = orch.body_s if prefect else time.perf_counter() - t0
+            return wall, time.process_time() - c0, m
+
+        run(variants["lsh"], False)  # warm-up: imports
+        for _ in range(repeats):
+            for name, p in variants.items():
+                wall, cpu, m = run(p, False)
+                r = result["runs"].setdefault(name, {"wall_s": [], "cpu_s": [], "perf": []})
+                r["wall_s"].append(round(wall, 3))
+                r["cpu_s"].append(round(cpu, 3))
+                r["perf"].append(m["perf"])
+                r["kept"] = (m["docs_out"], m["exact_duplicates"], m["near_duplicates"])
+        for r in result["runs"].values():
+            r["docs_per_s"] = len(texts) / min(r["wall_s"])
+            r["docs_per_cpu_s"] = len(texts) / min(r["cpu_s"])
+        if with_prefect:
+            for name, p in variants.items():
+                p = p.model_copy(update={"common": p.common.model_copy(update={"task_runner": "threads"})})
+                wall, cpu, m = run(p, True)
+                result["runs"][name]["prefect"] = {"body_s": round(wall, 3), "perf": m["perf"],
+                                                   "docs_per_s": len(texts) / wall}  # fmt: skip
+    result["ratio"] = result["runs"]["lsh"]["docs_per_s"] / result["runs"]["datasketch"]["docs_per_s"]
+    result["same_output"] = result["runs"]["lsh"]["kept"] == result["runs"]["datasketch"]["kept"]
+    return result
+
+
 # ---------------------------------------------------------------------------------- extraction quality
 def prf(pred: str, gold: str) -> tuple[float, float, float]:
     """Bag-of-words precision, recall, F1 (with counts); an empty prediction scores 0/0/0."""
@@ -343,7 +446,16 @@ def main(argv: list[str] | None = None) -> int:
         "--extraction-bench", type=Path, default=ROOT.parent / "shared" / "data" / "article_extraction_benchmark",
         help="article-extraction-benchmark folder (html/*.html.gz + ground-truth.json)",
     )  # fmt: skip
-    ap.add_argument("--skip", nargs="*", default=[], choices=["clean", "quality", "minhash", "extract"])
+    ap.add_argument(
+        "--short-docs", type=Path, default=ROOT.parent / "shared" / "data",
+        help="dedup: folder of the public data sets the short documents come from (GLUE, PIQA, tinyshakespeare)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--dedup-prefect", action="store_true", help="dedup: also run the stage as a Prefect flow"
+    )
+    ap.add_argument(
+        "--skip", nargs="*", default=[], choices=["clean", "quality", "minhash", "dedup", "extract"]
+    )
     ap.add_argument("--out", type=Path, default=OUT / "data_throughput.json")
     args = ap.parse_args(argv)
     # one process, one core: keep BLAS/OpenMP from spreading numpy/sklearn work over several threads
@@ -381,6 +493,7 @@ def main(argv: list[str] | None = None) -> int:
             ("clean", lambda: bench_clean(params, data, args.repeats, args.max_docs)),
             ("quality", lambda: bench_quality(params, data, args.repeats)),
             ("minhash", lambda: bench_minhash(params, data, args.repeats)),
+            ("dedup", lambda: bench_dedup_stage(params, args.short_docs, args.repeats, args.dedup_prefect)),
         ):
             if part in args.skip:
                 continue
@@ -467,6 +580,22 @@ def report(r: dict[str, Any]) -> str:
                         ">= 50k/core short" if m == "numpy" and run["corpus"].startswith("short") else "",
                     ]
                 )
+    if "dedup" in r:
+        d = r["dedup"]
+        for name in ("lsh", "datasketch"):
+            run = d["runs"][name]
+            rows.append(
+                [
+                    f"dedup stage, index: {name} ({d['docs']} short docs, median {d['median_words']} words)",
+                    d["docs"],
+                    f"{run['docs_per_s']:.0f} ({run['docs_per_cpu_s']:.0f}/cpu-s)",
+                    f"{d['ratio']:.1f}x lsh" if name == "datasketch" else "",
+                    ">= 10k/core end to end" if name == "lsh" else "",
+                ]
+            )
+            if "prefect" in run:
+                rows.append([f"  as a Prefect flow ({run['prefect']['perf']['tasks']} tasks)", d["docs"],
+                             f"{run['prefect']['docs_per_s']:.0f}", "", ""])  # fmt: skip
     if rows:
         out.append(
             f"Throughput, one process = per core (best of {r['repeats']}; ratio = bare docs/s / ours docs/s; minhash: numpy docs/s / datasketch docs/s)"

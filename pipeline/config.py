@@ -203,6 +203,9 @@ class CleanConfig(Section):
     max_dup_para_char_frac: float = Field(0.2, ge=0, le=1)
     max_top_ngram_char_frac: dict[int, float] = {2: 0.20, 3: 0.18, 4: 0.16}
     max_dup_ngram_char_frac: dict[int, float] = {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}
+    # where a repeated 5..10-gram counts: inside one line (one extracted block: a paragraph, an API
+    # entry), or anywhere in the document as Gopher measured it; bench/docs_site.py compares them
+    dup_ngram_unit: Literal["line", "document"] = "line"
     languages: list[str] = ["en"]  # empty = no language check
     min_language_score: float = Field(0.65, ge=0, le=1)
 
@@ -241,9 +244,9 @@ class DedupConfig(Section):
     char_ngram: int = Field(7, ge=1)  # characters per shingle (features: char)
     hash_features: int = Field(2**18, ge=16)  # hashing-vectorizer buckets (features: gpt3)
     minhash: Literal["numpy", "datasketch"] = "numpy"  # signatures: vectorised, or datasketch's MinHash.bulk
-    index: Literal["lsh", "distributed"] = (
-        "lsh"  # datasketch MinHashLSH in-process, or band keys grouped on Dask
-    )
+    # lsh: bands sorted in this process (numpy); datasketch: its MinHashLSH, the reference (same pairs);
+    # distributed: band keys grouped on Dask
+    index: Literal["lsh", "datasketch", "distributed"] = "lsh"
     partitions: int | None = Field(None, ge=1)  # index: distributed; shuffle partitions (None: one per shard)
     num_perm: int = Field(112, ge=8)
     bands: int | None = Field(37, ge=1)  # bands x rows <= num_perm; None = let datasketch pick for threshold
@@ -251,7 +254,9 @@ class DedupConfig(Section):
     threshold: float = Field(0.45, gt=0, lt=1)  # LSH threshold when bands/rows are None
     min_jaccard: float = Field(0.45, ge=0, le=1)  # candidate pairs are kept only above this estimate
     priority: list[str] = []  # sources kept first inside a cluster; the rest follow in name order
-    eval_files: list[str] = []  # evaluation sets for 13-gram decontamination (.txt .jsonl .parquet)
+    eval_files: list[str] = []  # more evaluation sets for 13-gram decontamination (.txt .jsonl .parquet)
+    # and the test side of every real task named in finetune.tasks / evaluate.external (local files)
+    decontaminate_tasks: bool = True
     eval_text_fields: list[str] = ["text", "question", "context", "goal", "sentence", "premise", "hypothesis"]
     decontam_ngram: int = Field(13, ge=1)
     decontam_margin: int = Field(200, ge=0)  # characters removed each side of a match

@@ -165,3 +165,92 @@ def test_clean_stage_writes_dropped_samples_per_reason(project):
         r for p in sorted((root / "data" / "clean" / "dropped").glob("*.parquet")) for r in read_rows(p)
     ]
     assert all(r["reason"] and r["value"] is not None for r in dropped if r["reason"] != "extraction")
+
+
+# ----------------------------------------------------------------------- documentation sites
+ENTRIES = [
+    ("isfinite(x, /)", "Return True if x is neither an infinity nor a NaN, and False otherwise."),
+    ("isinf(x, /)", "Return True if x is a positive or negative infinity, and False otherwise."),
+    ("isnan(x, /)", "Return True if x is a NaN (not a number), and False otherwise."),
+    ("isclose(a, b, *, rel_tol=1e-09, abs_tol=0.0)", "Return True if the values a and b are close to each "
+     "other and False otherwise. Whether or not two values are considered close is determined according to "
+     "given absolute and relative tolerances."),
+    ("floor(x, /)", "Return the floor of x as an Integral. This is the largest integer less than or equal to x."),
+    ("ceil(x, /)", "Return the ceiling of x as an Integral. This is the smallest integer greater than or equal to x."),
+    ("trunc(x, /)", "Truncates the Real x to the nearest Integral toward 0. Uses the __trunc__ magic method."),
+    ("copysign(x, y, /)", "Return a float with the magnitude (absolute value) of x but the sign of y. On "
+     "platforms that support signed zeros, copysign(1.0, -0.0) returns -1.0."),
+    ("fabs(x, /)", "Return the absolute value of the float x."),
+    ("fmod(x, y, /)", "Return fmod(x, y), according to platform C. x % y may differ."),
+    ("gcd(*integers)", "Greatest Common Divisor. Return the greatest common divisor of the specified integer "
+     "arguments. If any of the arguments is nonzero, then the returned value is the largest positive integer "
+     "that is a divisor of all arguments."),
+    ("lcm(*integers)", "Least Common Multiple. Return the least common multiple of the specified integer "
+     "arguments. If any of the arguments is zero, then the returned value is 0."),
+]  # fmt: skip
+
+
+def api_reference_page() -> str:
+    """A Sphinx API reference page: a definition list entry per function (signature, then a
+    description whose phrases recur from entry to entry, as real references do), a summary table,
+    and the theme's navigation around it."""
+    entries = "\n".join(
+        f'<dl class="py function"><dt id="math.{sig.split("(")[0]}"><span class="sig-name">{sig}</span></dt>'
+        f"<dd><p>{desc}</p></dd></dl>"
+        for sig, desc in ENTRIES
+    )
+    rows = "".join(f"<tr><td><code>{sig.split('(')[0]}</code></td><td>{desc.split('.')[0]}</td></tr>"
+                   for sig, desc in ENTRIES)  # fmt: skip
+    nav = "".join(f'<li><a href="{m}.html">{m}</a></li>' for m in ("cmath", "decimal", "fractions", "random"))
+    return (
+        '<html><head><title>math</title></head><body><div class="related"><ul>' + nav + "</ul></div>"
+        '<div class="body" role="main"><h1>math - Mathematical functions</h1>'
+        "<p>This module provides access to the mathematical functions defined by the C standard. These functions "
+        "cannot be used with complex numbers; use the functions of the same name from the cmath module if you "
+        "require support for complex numbers.</p><h2>Number-theoretic and representation functions</h2>"
+        f"<table>{rows}</table>{entries}</div>"
+        '<div class="sphinxsidebar"><h3>Navigation</h3><ul>' + nav + "</ul></div>"
+        '<div class="footer">Copyright 2001-2025, Python Software Foundation. Created using Sphinx.</div></body></html>'
+    )
+
+
+def test_an_api_reference_page_is_kept_with_its_main_text():
+    doc = {"id": "p", "source": "docs", "role": "web", "url": "math.html", "text": api_reference_page(),
+           "content_type": "text/html"}  # fmt: skip
+    cleaned, reason = clean_doc(doc, CFG)
+    assert reason is None, f"dropped by {reason} ({reason.value} > {reason.threshold})"
+    for sig, desc in ENTRIES:
+        assert sig.split("(")[0] in cleaned["text"] and desc.split(".")[0] in cleaned["text"]
+    assert "Created using Sphinx" not in cleaned["text"]
+    # as Gopher measured repeated n-grams (over the whole document), the shared phrasing drops it
+    gopher = CFG.model_copy(update={"dup_ngram_unit": "document"})
+    assert str(clean_doc(doc, gopher)[1]).startswith("dup_")
+
+
+def test_repeated_n_grams_inside_a_block_are_still_dropped():
+    rng = random.Random(5)
+    stuffed = (
+        prose(rng, 120)
+        + "\n"
+        + " ".join(
+            f"best cheap {w} shoes for sale online today"
+            for w in ("red", "blue", "green", "black", "white", "brown")
+        )
+    )
+    reason = drop_reason(stuffed, CFG)
+    assert reason is not None and reason.startswith(("dup_", "top_"))
+
+
+def test_extract_text_defaults_are_the_clean_sections():
+    import inspect
+
+    import yaml
+
+    from tests.conftest import ROOT
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())["clean"]
+    page = api_reference_page()
+    for key in ("focus", "include_tables", "fallback"):
+        assert params[key] == CleanConfig.model_fields[key].default, key
+        assert inspect.signature(extract_text).parameters[key].default is None  # None: the config's default
+    assert extract_text(page) == extract_text(page, focus=CFG.focus, include_tables=CFG.include_tables)

@@ -309,3 +309,174 @@ def test_dedup_stage_gives_the_same_clusters_with_the_distributed_index(tmp_path
         assert (m["exact_duplicates"], m["near_duplicates"], m["docs_out"]) == (1, 20, 60), index
         found[index] = pq.read_table(tmp_path / "data" / "dedup" / "clusters.parquet").to_pylist()
     assert found["lsh"] == found["distributed"]
+
+
+# ------------------------------------------------------------------------------- the stage's fast path
+def test_band_candidates_are_the_pairs_datasketchs_minhashlsh_finds(monkeypatch):
+    from pipeline.text import minhash
+
+    rng = np.random.default_rng(0)
+    sigs = rng.integers(0, 3, (400, 24), dtype=np.uint32)  # a small alphabet: many shared bands
+    cfg = DedupConfig(num_perm=24, bands=8, rows=3)
+    ref = minhash.datasketch_candidates(sigs, cfg)
+    assert len(ref) > 1000
+    assert np.array_equal(minhash.band_candidates(sigs, 8, 3), ref)
+    monkeypatch.setattr(minhash, "_M64", np.uint64(0))  # every band's rows share one hash
+    assert np.array_equal(minhash.band_candidates(sigs, 8, 3), ref)
+
+
+def write_quality_shards(root, texts, per_shard, sources=("ref", "web")):
+    from pipeline.io import write_table
+    from pipeline.text.quality import SCORED_SCHEMA
+
+    rows = [
+        {"id": f"d{k:04d}", "source": sources[k % len(sources)], "role": "web", "url": f"u{k}", "text": t,
+         "content_type": "text/plain", "page_kind": None, "extractor": None, "words": len(t.split()),
+         "score": 1.0}
+        for k, t in enumerate(texts)
+    ]  # fmt: skip
+    for k in range(0, len(rows), per_shard):
+        write_table(
+            root / "data" / "quality" / "docs" / f"part-{k // per_shard:05d}.parquet",
+            rows[k : k + per_shard],
+            SCORED_SCHEMA,
+        )
+
+
+def run_dedup(root, extra):
+    """The dedup stage's body on ``root``'s quality shards, in plain Python (no tracking): its
+    metrics, kept documents (by id) and clusters."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from pipeline.config import parse_params
+    from pipeline.orchestration import Orchestrator
+    from pipeline.stage import StageContext
+    from stages import dedup as stage
+    from tests.conftest import files_params
+
+    params = parse_params(files_params(root, extra))
+    out = root / "data" / "dedup"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    m = stage.body(
+        StageContext("dedup", params, root, out, Orchestrator(params.common, use_prefect=False), None)
+    )
+    docs = sorted(pq.read_table(out / "docs").to_pylist(), key=lambda r: r["id"])
+    return m, docs, pq.read_table(out / "clusters.parquet").to_pylist()
+
+
+def test_dedup_stage_keeps_the_same_documents_as_the_datasketch_index(tmp_path, monkeypatch):
+    """Short documents (a few words, as titles and sentences), near and exact copies, across many
+    shards and task batches: the sorted-bands index keeps exactly what MinHashLSH kept."""
+    from stages import dedup as stage
+
+    rng = random.Random(9)
+    base = zipf_corpus(rng, 300, 12)
+    texts = [*base, *(edited(b, 1, rng) for b in base[:80]), *base[100:110], "", "ok"]
+    write_quality_shards(tmp_path, texts, 20)
+    monkeypatch.setattr(stage, "TASK_DOCS", 60)  # three shards a task: several batches
+    found = {}
+    for index in ("lsh", "datasketch"):
+        m, docs, clusters = run_dedup(tmp_path, {"dedup": {"index": index}})
+        assert m["exact_duplicates"] >= 10 and m["near_duplicates"] >= 40, index
+        assert m["perf"]["tasks"] == 2 * 7
+        found[index] = (docs, clusters)
+    assert found["lsh"] == found["datasketch"]
+    assert len(found["lsh"][0]) == len(texts) - m["exact_duplicates"] - m["near_duplicates"]
+
+
+# ------------------------------------------------------------------ decontamination against named tasks
+PIQA_TEST = [
+    {"goal": "How do you keep a cast iron pan from rusting after you wash it in the sink?",
+     "sol1": "Dry it on a warm burner right away and wipe a thin film of cooking oil over the whole surface.",
+     "sol2": "Leave it to soak in the sink overnight so the water can loosen all of the old seasoning."},
+    {"goal": "To loosen a stuck jar lid,", "sol1": "run the lid under hot water for a minute.",
+     "sol2": "put the jar in the freezer for an hour."},
+]  # fmt: skip
+
+
+def write_piqa(folder):
+    """A PIQA folder as the data set ships it: train.jsonl, valid.jsonl and valid-labels.lst."""
+    import json
+
+    folder.mkdir(parents=True)
+    lines = "".join(json.dumps(r) + "\n" for r in PIQA_TEST)
+    (folder / "train.jsonl").write_text(lines)
+    (folder / "train-labels.lst").write_text("0\n0\n")
+    (folder / "valid.jsonl").write_text(lines)
+    (folder / "valid-labels.lst").write_text("0\n0\n")
+
+
+def test_dedup_decontaminates_against_the_test_sets_given_to_finetune_and_evaluate(tmp_path):
+    import json
+
+    write_piqa(tmp_path / "piqa")
+    (tmp_path / "sst2").mkdir()
+    (tmp_path / "sst2" / "train.tsv").write_text("sentence\tlabel\na fine film \t1\n")
+    sst2_item = (
+        "the film is a quiet , patient portrait of two brothers who never learned how to speak to each other "
+    )
+    (tmp_path / "sst2" / "dev.tsv").write_text(f"sentence\tlabel\n{sst2_item}\t1\nflat and dull \t0\n")
+    (tmp_path / "story").mkdir()
+    story = (
+        "Question: what did the old lighthouse keeper find washed up on the rocks after the long winter storm"
+    )
+    for side in ("train", "test"):
+        (tmp_path / "story" / f"{side}.jsonl").write_text(
+            json.dumps({"context": story, "choices": ["a bottle", "a boat"], "label": 0}) + "\n"
+        )
+    rng = random.Random(10)
+    leaked = {
+        "piqa": PIQA_TEST[0]["goal"] + " " + PIQA_TEST[0]["sol1"],
+        "sst2": sst2_item,
+        "story": story,
+    }
+    texts = [
+        f"{filler(80, f'a{k}_')} {leak} {filler(80, f'b{k}_')}" for k, leak in enumerate(leaked.values())
+    ]
+    texts += zipf_corpus(rng, 20, 60)
+    write_quality_shards(tmp_path, texts, 10)
+    extra = {
+        "finetune": {"tasks": {"piqa": {"kind": "piqa", "path": "piqa"}, "sst2": {"kind": "sst2", "path": "sst2"},
+                               "source": {"kind": "source"}}},
+        "evaluate": {"external": ["story"]},
+    }  # fmt: skip
+    m, docs, _ = run_dedup(tmp_path, extra)
+    d = m["decontamination"]
+    assert set(d["sets"]) == {"finetune/piqa", "finetune/sst2", "evaluate/story"}
+    assert d["docs_contaminated"] == 3 and d["matches_cut"] == 3
+    assert d["sets"]["finetune/piqa"]["items"] == 2 and all(s["ngrams_cut"] > 0 for s in d["sets"].values())
+    out = " ".join(r["text"] for r in docs)
+    for leak in leaked.values():
+        assert leak not in out
+    assert m["docs_out"] == 20 + 6  # each leaking document is cut in two pieces of 200+ characters
+
+    off = {**extra, "dedup": {"decontaminate_tasks": False}}
+    m, _, _ = run_dedup(tmp_path, off)
+    assert m["decontamination"]["docs_contaminated"] == 0 and m["docs_out"] == 23
+
+
+def test_a_hub_task_is_reported_as_not_read(tmp_path):
+    from pipeline.config import parse_params
+    from pipeline.text.dedup import task_test_sets
+    from tests.conftest import files_params
+
+    extra = {"finetune": {"tasks": {"sst2": {"kind": "sst2", "path": "nyu-mll/glue:sst2"}}},
+             "evaluate": {"external": ["hellaswag"]}}  # fmt: skip
+    sets, skipped = task_test_sets(parse_params(files_params(tmp_path, extra)), tmp_path)
+    assert sets == {} and len(skipped) == 2 and "finetune.tasks.sst2" in skipped[0]
+
+
+def test_a_named_test_set_without_its_test_file_is_one_line_naming_the_task(tmp_path):
+    from pipeline.config import parse_params
+    from pipeline.errors import LineageError
+    from pipeline.text.dedup import task_test_sets
+    from tests.conftest import files_params
+
+    (tmp_path / "rte").mkdir()
+    (tmp_path / "rte" / "train.tsv").write_text("index\tsentence1\tsentence2\tlabel\n")
+    extra = {"finetune": {"tasks": {"rte": {"kind": "rte", "path": "rte"}}}}
+    with pytest.raises(LineageError, match=r"finetune.tasks.rte: .*dev.tsv not found"):
+        task_test_sets(parse_params(files_params(tmp_path, extra)), tmp_path)

@@ -6,7 +6,9 @@
    kept as duplicates when their estimated Jaccard passes ``min_jaccard``; connected documents form
    a cluster, of which the highest-priority document survives. Works within and across sources,
    in one process or with the band keys grouped on Dask (:mod:`pipeline.text.minhash_dask`).
-3. Decontamination: training documents sharing a 13-gram with an evaluation set lose the match
+3. Decontamination: training documents sharing a 13-gram with an evaluation set (by default the
+   test side of every real task named in ``finetune.tasks`` and ``evaluate.external``, and any
+   ``dedup.eval_files``) lose the match
    plus 200 characters each side; pieces under 200 characters are dropped, a document cut into more
    than 10 pieces is dropped whole, and 13-grams found in more than 10 training documents are left
    alone (they are boilerplate, not leaked test items).
@@ -73,6 +75,84 @@ def read_eval_texts(paths: list[str], root: Path, fields: list[str]) -> list[str
         else:
             texts.extend(t for t in re.split(r"\n\s*\n", path.read_text(errors="replace")) if t.strip())
     return texts
+
+
+def item_text(item: dict[str, Any]) -> str:
+    """Every string of a task item (context, choices, sentences...), joined: what a leak would copy."""
+    out: list[str] = []
+    for v in item.values():
+        if isinstance(v, str):
+            out.append(v)
+        elif isinstance(v, list):
+            out.extend(x for x in v if isinstance(x, str))
+    return " ".join(out)
+
+
+def task_test_sets(params: Any, root: Path) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """The test sides of the real evaluation sets the user named, which decontamination is for:
+    ``finetune.tasks`` given a local ``path`` (GLUE, Story Cloze, PIQA files, read as finetune
+    reads them) and ``evaluate.external`` folders (test.jsonl) or task YAML files whose data are
+    local JSON files. Returns ({set name: {"path", "texts"}}, lines saying which named sets have
+    no local test file to read: lm-eval task names and Hub data sets). The embedded tasks are
+    built from the mix's validation split, held out from training by construction."""
+    from pipeline.eval.loaders import DEFAULT_FILES, _read_local, to_item
+
+    sets: dict[str, dict[str, Any]] = {}
+    skipped: list[str] = []
+    for name, spec in params.finetune.tasks.items():
+        if spec.path is None:
+            continue
+        base = Path(spec.path) if Path(spec.path).is_absolute() else root / spec.path
+        if not base.exists():
+            skipped.append(f"finetune.tasks.{name}: {spec.path} (a Hub data set, no local test file)")
+            continue
+        path = base if base.is_file() else base / (spec.test or DEFAULT_FILES[spec.kind][1])
+        if not path.is_file():
+            raise LineageError(f"finetune.tasks.{name}: {path} not found (set `test:` to its file name)")
+        rows = _read_local(spec.kind, path)
+        items = [to_item(spec.kind, r, f"{path}: row {i + 1}") for i, r in enumerate(rows)]
+        sets[f"finetune/{name}"] = {"path": str(path), "texts": [item_text(it) for it in items]}
+    for e in params.evaluate.external:
+        path = Path(e) if Path(e).is_absolute() else root / e
+        files: list[Path] = []
+        if path.is_dir():
+            files = [path / "test.jsonl"]
+        elif path.suffix in (".yaml", ".yml") and path.is_file():
+            files = _yaml_test_files(path)
+            if not files:
+                skipped.append(f"evaluate.external: {e} (its data are not local JSON files)")
+        else:
+            skipped.append(f"evaluate.external: {e} (an lm-eval task name, no local test file)")
+        texts: list[str] = []
+        for f in files:
+            if not f.is_file():
+                raise LineageError(f"evaluate.external: {f} not found")
+            texts.extend(item_text(row) for _, row in iter_jsonl(f))
+        if files:
+            sets[f"evaluate/{path.stem if path.is_file() else path.name}"] = {
+                "path": ", ".join(map(str, files)),
+                "texts": texts,
+            }
+    return sets, skipped
+
+
+def _yaml_test_files(path: Path) -> list[Path]:
+    """The local JSON(L) files of an lm-eval task YAML's test split (``dataset_path: json``)."""
+    import yaml
+
+    try:
+        spec = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise LineageError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(spec, dict) or spec.get("dataset_path") != "json":
+        return []
+    files = ((spec.get("dataset_kwargs") or {}).get("data_files") or {}).get(spec.get("test_split") or "test")
+    if files is None:
+        return []
+    return [
+        p if p.is_absolute() else path.parent / p
+        for p in map(Path, [files] if isinstance(files, str) else files)
+    ]
 
 
 def _field_texts(row: dict[str, Any], fields: list[str]) -> list[str]:

@@ -65,20 +65,37 @@ def fallback_extract(html: str) -> str:
 
 
 FOCUS = ("recall", "balanced", "precision")  # trafilatura's favor_recall / neither / favor_precision
+DEFINITION_TAG_RE = re.compile(r"<(/?)(dl|dt|dd)(?=[\s>/])", re.IGNORECASE)
+_AS_BLOCK = {"dl": "div", "dt": "p", "dd": "div"}
+
+
+def definition_lists_as_blocks(html: str) -> str:
+    """``<dl>``/``<dt>``/``<dd>`` as ``<div>``/``<p>``/``<div>``: a browser shows a definition list
+    (every entry of an API reference: signature, then description) as plain blocks, while
+    trafilatura writes each entry as a bulleted list item, which turns a reference page into
+    "- " lines that Gopher's bullet-line rule then drops."""
+    return DEFINITION_TAG_RE.sub(lambda m: f"<{m.group(1)}{_AS_BLOCK[m.group(2).lower()]}", html)
 
 
 def extract_text(
     html: str,
     use_trafilatura: bool = True,
-    fallback: bool = True,
-    focus: str = "recall",
-    include_tables: bool = True,
+    fallback: bool | None = None,
+    focus: str | None = None,
+    include_tables: bool | None = None,
 ) -> tuple[str, str]:
     """Main text of ``html`` and which extractor produced it ('trafilatura', 'fallback' or 'none').
 
     ``focus`` picks trafilatura's trade-off between keeping borderline blocks (recall) and dropping
-    them (precision); bench/extraction.py measures each against gold article bodies.
+    them (precision); bench/extraction.py measures each against gold article bodies. An option not
+    given is the clean section's default (:class:`pipeline.config.CleanConfig`, its one home).
     """
+    from pipeline.config import CleanConfig
+
+    defaults = CleanConfig.model_fields
+    fallback = defaults["fallback"].default if fallback is None else fallback
+    focus = defaults["focus"].default if focus is None else focus
+    include_tables = defaults["include_tables"].default if include_tables is None else include_tables
     if focus not in FOCUS:
         raise ValueError(f"focus must be one of {FOCUS}, not {focus!r}")
     if use_trafilatura:
@@ -87,7 +104,7 @@ def extract_text(
         try:
             with _LXML_LOCK:
                 text = trafilatura.extract(
-                    html, include_comments=False, include_tables=include_tables,
+                    definition_lists_as_blocks(html), include_comments=False, include_tables=include_tables,
                     favor_recall=focus == "recall", favor_precision=focus == "precision", deduplicate=False,
                 )  # fmt: skip
         except (ValueError, TypeError, RecursionError):

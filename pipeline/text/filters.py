@@ -21,6 +21,9 @@ ALPHA_RE = re.compile(r"[^\W\d_]")
 STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})
 BULLETS = ("\u2022", "\u2023", "\u25e6", "\u2043", "\u2219", "-", "*", "\u00b7")
 ELLIPSES = ("...", "\u2026")
+# trafilatura writes a table row as "| cell | cell |" and a header rule as "|---|---|": markup the
+# extractor adds, not words of the page (counted as words, a table of names fails min_alpha_words)
+TABLE_MARKUP_RE = re.compile(r"^\|[-|:]*$")
 
 
 class Drop(str):
@@ -147,8 +150,13 @@ def gopher_repetition(text: str, words: list[str], cfg: CleanConfig) -> Drop | N
         frac = top_ngram_char_frac(lowered, n)
         if frac > limit:
             return Drop(f"top_{n}gram_char_frac", frac, limit)
+    if cfg.dup_ngram_unit == "line":
+        units = [[w.lower() for w in WORD_RE.findall(ln)] for ln in lines]
+    else:
+        units = [lowered]
+    chars = sum(len(w) for w in lowered) or 1
     for n, limit in sorted(cfg.max_dup_ngram_char_frac.items()):
-        frac = dup_ngram_char_frac(lowered, n)
+        frac = sum(dup_ngram_char_frac(u, n) * sum(len(w) for w in u) for u in units) / chars
         if frac > limit:
             return Drop(f"dup_{n}gram_char_frac", frac, limit)
     return None
@@ -171,7 +179,7 @@ def drop_reason(text: str, cfg: CleanConfig) -> Drop | None:
     """The first rule ``text`` fails, or None when it passes them all."""
     if not text.strip():
         return Drop("empty")
-    words = WORD_RE.findall(text)
+    words = [w for w in WORD_RE.findall(text) if not TABLE_MARKUP_RE.match(w)]
     for f in FILTERS:
         reason = f(text, words, cfg)
         if reason:

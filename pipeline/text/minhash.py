@@ -20,7 +20,9 @@ Two implementations of the signatures (``dedup.minhash``), both datasketch's ``a
   SHA-1 per shingle: the same estimator with other hash functions, so Jaccard estimates agree
   within MinHash error (fed the same feature hashes, the two give identical signatures; tested).
 
-Banding follows datasketch's MinHashLSH: band ``i`` is the slice ``[i*rows, (i+1)*rows)``.
+Banding follows datasketch's MinHashLSH: band ``i`` is the slice ``[i*rows, (i+1)*rows)``; the
+candidates are found by sorting each band's rows (``dedup.index: lsh``) or with MinHashLSH itself
+(``datasketch``, the reference): the same pairs.
 """
 
 from __future__ import annotations
@@ -314,10 +316,11 @@ def band_params(cfg: DedupConfig) -> tuple[int, int]:
     return lsh.b, lsh.r
 
 
-def pairs_of_groups(groups: Iterable[Sequence[int]]) -> np.ndarray:
-    """(m, 2) int64 array of every pair (i < j) inside each group, each pair once."""
+def pairs_of_groups(groups: Iterable[Sequence[int]], pairs: np.ndarray | None = None) -> np.ndarray:
+    """(m, 2) int64 array of every pair (i < j) inside each group, and of ``pairs`` (groups of
+    two already as an (k, 2) array), each pair once."""
     two: list[Sequence[int]] = []
-    parts = []
+    parts = [] if pairs is None else [np.asarray(pairs, np.int64).reshape(-1, 2)]
     for g in groups:
         if len(g) == 2:
             two.append(g)
@@ -339,9 +342,67 @@ def pairs_of_groups(groups: Iterable[Sequence[int]]) -> np.ndarray:
 
 
 def lsh_candidates(sigs: np.ndarray, cfg: DedupConfig, seed: int = 1) -> np.ndarray:
-    """Pairs (i < j) that share at least one LSH band, as an (m, 2) array, found with datasketch's
-    MinHashLSH: every document is inserted, then each band's buckets of two or more documents
-    give the pairs (what querying every document would return, without the queries)."""
+    """Pairs (i < j) that share at least one LSH band, as an (m, 2) array: with ``dedup.index:
+    datasketch`` from datasketch's MinHashLSH (the reference), else from :func:`band_candidates`
+    (the same pairs, tested)."""
+    if cfg.index == "datasketch":
+        return datasketch_candidates(sigs, cfg, seed)
+    return band_candidates(sigs, *band_params(cfg))
+
+
+def band_candidates(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """Pairs (i < j) whose signatures agree on every value of at least one band (band ``b`` being
+    columns ``[b*rows, (b+1)*rows)``, as MinHashLSH bands them), without a Python loop over
+    documents or buckets. Each band's rows are sorted lexicographically, so a bucket is exactly a
+    run of equal rows (no hash, no collision); the pairs inside every run of every band are then
+    drawn all at once: step ``d`` pairs each member with the one ``d`` places after it in its run.
+    (Rows are sorted by a 64-bit hash of their values, checked equal value by value; only a band
+    where two different rows share a hash, which is rare, is sorted by the values themselves.)"""
+    sigs = np.asarray(sigs, np.uint32)
+    n = len(sigs)
+    members, run_pos, run_len = [], [], []
+    for b in range(bands):
+        band = sigs[:, b * rows : (b + 1) * rows]
+        with np.errstate(over="ignore"):
+            key = np.full(n, np.uint64(b + 1), np.uint64)
+            for c in range(rows):
+                key = (key ^ band[:, c]) * _M64
+                key ^= key >> np.uint64(29)
+        order = np.argsort(key, kind="stable")
+        ranked = band[order]
+        same = (ranked[1:] == ranked[:-1]).all(axis=1)  # same[k]: sorted row k+1 equals row k
+        if (key[order[1:]] == key[order[:-1]])[~same].any():  # a hash shared by different rows
+            order = np.lexsort(band.T[::-1])
+            ranked = band[order]
+            same = (ranked[1:] == ranked[:-1]).all(axis=1)
+        if not same.any():
+            continue
+        starts = np.flatnonzero(np.concatenate([[True], ~same]))
+        sizes = np.diff(np.append(starts, n))
+        multi = sizes > 1
+        starts, sizes = starts[multi], sizes[multi]
+        # every member of a run of two or more: its document, place in the run and the run's length
+        size_of = np.repeat(sizes, sizes)
+        first = np.repeat(starts, sizes)
+        pos = np.arange(len(size_of)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+        members.append(order[first + pos])
+        run_pos.append(pos)
+        run_len.append(size_of)
+    if not members:
+        return np.zeros((0, 2), np.int64)
+    docs = np.concatenate(members).astype(np.int64)
+    pos, size = np.concatenate(run_pos), np.concatenate(run_len)
+    parts = []
+    for d in range(1, int(size.max())):
+        at = np.flatnonzero(pos + d < size)
+        parts.append(np.stack([docs[at], docs[at + d]], axis=1))
+    return pairs_of_groups((), np.concatenate(parts))
+
+
+def datasketch_candidates(sigs: np.ndarray, cfg: DedupConfig, seed: int = 1) -> np.ndarray:
+    """The pairs of :func:`band_candidates`, found with datasketch's MinHashLSH: every document is
+    inserted, then each band's buckets of two or more documents give the pairs (what querying
+    every document would return, without the queries)."""
     from datasketch import LeanMinHash, MinHashLSH
 
     lsh = MinHashLSH(num_perm=cfg.num_perm, params=band_params(cfg))
@@ -410,7 +471,7 @@ def clusters_from_edges(
 def near_duplicate_clusters(
     sigs: np.ndarray, order: Sequence[int], cfg: DedupConfig, seed: int = 1
 ) -> list[dict[str, Any]]:
-    """Clusters of near-duplicates among ``sigs`` with datasketch's MinHashLSH in this process:
+    """Clusters of near-duplicates among ``sigs`` in this process (:func:`lsh_candidates`):
     candidate pairs verified by estimated Jaccard >= ``cfg.min_jaccard``, then connected."""
     edges = verified_pairs(sigs, lsh_candidates(sigs, cfg, seed), cfg.min_jaccard)
     return clusters_from_edges(len(sigs), edges, order, sigs)
