@@ -87,6 +87,8 @@ REPORT: dict[str, StageReport] = {
             Row("documents out", "docs_out", fmt="int"),
             Row("bytes out", "bytes_out", fmt="bytes"),
             Row("documents from {}", "sources/*/docs", fmt="int"),
+            Row("bytes from {}", "sources/*/bytes", fmt="bytes"),
+            Row("embedded sources: installed distributions", "embedded/distributions", fmt="int"),
             Row("{}: {} pages", "sources/*/page_kinds/*", fmt="int"),
             Row("pages truncated at max_bytes", "pages_truncated", fmt="int"),
         ),
