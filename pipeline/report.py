@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 NOT_RUN = "not run"
+SEEDS_DEP = "metrics/seeds"
 
 
 # ------------------------------------------------------------------------------------- declarations
@@ -418,6 +419,7 @@ def report_deps(stages: Sequence[str]) -> list[str]:
         if spec is not None:
             deps += [f"data/{stage}/{c}" for p in spec.plots for c in p.csvs]
             deps += [f"data/{stage}/{spec.samples}"] if spec.samples else []
+    deps.append(SEEDS_DEP)  # seed groups: the spread over seeds of this configuration, when one was run
     return list(dict.fromkeys(deps))
 
 
@@ -755,10 +757,26 @@ def build(
         if spec.samples and (root / "data" / stage / spec.samples).is_file():
             rep.dropped += dropped_rows(stage, json.loads((root / "data" / stage / spec.samples).read_text()))
     rep.timings.append(("total", fmt(total_wall, "s"), fmt(total_overhead, "s")))
+    _seed_section(rep, root, params)
     dtypes = compute_dtypes(root, order)
     if dtypes:
         rep.header["run"] = {**rep.header["run"], "compute dtype": dtypes}
     return rep
+
+
+def _seed_section(rep: Report, root: Path, params: dict[str, Any]) -> None:
+    """The spread over seeds (mean ± 95% interval) when a seed group of these params exists."""
+    from pipeline.errors import LineageError
+    from pipeline.stats import group_for, report_rows
+
+    try:
+        group = group_for(root, params)
+    except LineageError as e:
+        rep.notes.append(f"seed groups: {e}")
+        return
+    if group is not None:
+        title = f"seeds: group {group['group']}, mean ± 95% interval over {len(group['members'])} runs"
+        rep.sections.append(("seeds", title, report_rows(group)))
 
 
 def dropped_rows(stage: str, samples: dict[str, Any], per_rule: int = 2) -> list[tuple[str, ...]]:
