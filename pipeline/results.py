@@ -18,7 +18,9 @@ from pipeline import stats
 from pipeline.errors import LineageError
 
 RESULTS = Path("docs") / "results.md"
-DEFAULT_COMMAND = "make run  (= lineage run: dvc repro of params.yaml, one MLflow parent run)"
+DEFAULT_COMMAND = (
+    "`make run` (= `lineage run`: `dvc repro` of the whole DAG, each stage `python -m stages.<stage>`)"
+)
 
 # a number (1,234 | 0.756 | 58.8% | 1.2M), optional spaces, then the citation comment
 CITATION_RE = re.compile(
@@ -113,7 +115,7 @@ def render(root: Path) -> str:
         "",
         "## The default run",
         "",
-        f"Made by `{DEFAULT_COMMAND}` on the committed params.yaml; each stage's headline numbers from",
+        f"Made by {DEFAULT_COMMAND} on the committed params.yaml; each stage's headline numbers from",
         "`metrics/<stage>.json` (`dvc metrics show` prints the same; `data/<stage>/metrics.json` has the rest).",
         "",
         "| stage | metric | value |",

@@ -17,6 +17,7 @@ from pipeline.text.sources import FETCH_LOG_SCHEMA, RAW_SCHEMA, env_manifest, re
 EMBEDDED_KINDS = {"pydoc", "python_docs", "py_env_docs"}
 HEADLINE = [
     "crawl_docs=docs_out",
+    "crawl_docs/*=sources/*/docs",
     "crawl_bytes=bytes_out",
     "pages=pages_fetched",
     "embedded_manifest=embedded/manifest_id",
