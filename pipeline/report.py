@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 NOT_RUN = "not run"
-SEEDS_DEP = "metrics/seeds"
+SEEDS_DEP = "metrics/seeds"  # seed groups (`lineage seeds`): the report reads them too (a dep in dvc.yaml)
 
 
 # ------------------------------------------------------------------------------------- declarations
@@ -419,7 +419,6 @@ def report_deps(stages: Sequence[str]) -> list[str]:
         if spec is not None:
             deps += [f"data/{stage}/{c}" for p in spec.plots for c in p.csvs]
             deps += [f"data/{stage}/{spec.samples}"] if spec.samples else []
-    deps.append(SEEDS_DEP)  # seed groups: the spread over seeds of this configuration, when one was run
     return list(dict.fromkeys(deps))
 
 
