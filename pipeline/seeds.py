@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -184,8 +185,6 @@ def run_group(
     finally:
         restored = restore(root, env)
     if not done:
-        if tracker:
-            tracker.end(None, [], False)
         raise LineageError(f"seeds {group}: no member finished ({', '.join(failed)})")
     from pipeline.tracking import git_commit, git_dirty
 
@@ -234,13 +233,35 @@ def cmd_seeds(args: argparse.Namespace) -> int:
         )
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
     group = args.group or args.profile or "default"
+    if not re.fullmatch(r"[A-Za-z0-9][\w.-]*", group):
+        raise LineageError(f"--group {group!r}: use letters, digits, '.', '_' and '-' (it names a file)")
     command = (
         " ".join(["lineage", *sys.argv[1:]]) if sys.argv[1:2] == ["seeds"] else f"lineage seeds {args.n}"
     )
+    from pipeline.cli import pipeline_env
+    from pipeline.orchestration import prefect_server
+    from pipeline.tracking import PROFILE_ENV
+
+    env = pipeline_env(root, None)
+    if args.profile:  # every member's MLflow run is tagged with the profile, as `lineage run --profile`
+        env[PROFILE_ENV] = os.environ[PROFILE_ENV] = args.profile
     tracker = MlflowGroup(root, group, command)
-    result = run_group(
-        root, len(seeds) if seeds else args.n, group, args.profile, seeds, command, tracker=tracker
-    )
+    n = len(seeds) if seeds else args.n
+    with prefect_server(root) as url:  # one Prefect server for every run of the group
+        if url:
+            env["PREFECT_API_URL"] = url
+        try:
+            result = run_group(root, n, group, args.profile, seeds, command, tracker=tracker, env=env)
+        except KeyboardInterrupt:
+            tracker.end(None, [], False)
+            print(
+                "error: lineage: seeds: interrupted; the workspace is back at the last commit",
+                file=sys.stderr,
+            )
+            return 130
+        except BaseException:
+            tracker.end(None, [], False)
+            raise
     print(stats.group_markdown(result))
     print(
         f"lineage: seed group written to {stats.SEEDS_DIR / (group + '.json')} and .md; commit them. "
