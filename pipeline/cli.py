@@ -85,9 +85,12 @@ def restore_workspace(root: Path, env: dict[str, str]) -> bool:
         for p in ("params.yaml", "dvc.lock", "metrics")
         if _git(root, "ls-files", "--error-unmatch", p).returncode == 0
     ]
-    if tracked and _git(root, "checkout", "HEAD", "--", *tracked).returncode != 0:
+    keep = ":(exclude)metrics/seeds"  # seed groups (`lineage seeds`) are results of their own, not a run's
+    if tracked and _git(root, "checkout", "HEAD", "--", *tracked, keep).returncode != 0:
         return False
-    untracked = _git(root, "ls-files", "--others", "--exclude-standard", "metrics", "dvc.lock").stdout.split()
+    untracked = _git(
+        root, "ls-files", "--others", "--exclude-standard", "metrics", "dvc.lock", keep
+    ).stdout.split()
     for f in untracked:
         (root / f).unlink(missing_ok=True)
     return subprocess.call(["dvc", "checkout", "--quiet"], cwd=root, env=env) == 0
@@ -280,6 +283,11 @@ def _short(value: str, width: int = 24) -> str:
 
 
 def cmd_exp(args: argparse.Namespace) -> int:
+    if args.groups:  # two seed groups: Welch's t-test per headline metric
+        from pipeline.seeds import cmd_compare
+
+        sys.stdout.write(cmd_compare(Path.cwd(), *args.groups, as_json=args.json))
+        return 0
     cmd = ["dvc", "exp", "show", "--csv", "--only-changed", "--drop", EXP_DROP, *args.dvc_args]
     out = subprocess.run(cmd, env=pipeline_env(Path.cwd(), None), capture_output=True, text=True, check=False)
     if out.returncode != 0:
@@ -716,6 +724,12 @@ def main(argv: list[str] | None = None) -> int:
         "metrics, one column per experiment (no dependency-hash columns)",
         formatter_class=fmt,
     )
+    ex.add_argument(
+        "--groups", nargs=2, metavar=("A", "B"),
+        help="compare two seed groups (metrics/seeds/A.json, B.json; `lineage seeds`) with Welch's t-test "
+        "per headline metric; `*` marks p < 0.01 (default: dvc exp show)",
+    )  # fmt: skip
+    ex.add_argument("--json", action="store_true", help="with --groups: the comparison as JSON")
     ex.add_argument("dvc_args", nargs=argparse.REMAINDER, help="more `dvc exp show` options (e.g. --md)")
     ex.set_defaults(fn=cmd_exp)
     bl = sub.add_parser(
@@ -812,6 +826,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     dg.add_argument("--write", action="store_true", help="rewrite dvc.yaml's .py deps (default: only check)")
     dg.set_defaults(fn=cmd_dag)
+    from pipeline import results, seeds
+
+    seeds.add_parser(sub, fmt)
+    results.add_parser(sub, fmt)
     args = ap.parse_args(argv)
     try:
         return args.fn(args)

@@ -149,8 +149,24 @@ class PythonDocsSource(SourceBase):
     role: Literal["web", "reference"] = "reference"
 
 
+class PyEnvDocsSource(SourceBase):
+    """The docstrings of the installed distributions of this environment (read with `ast`, nothing
+    imported) and the docs and READMEs they bundle as files: reference text that grows with the
+    environment, with the copies real code holds (docstrings copied across modules) left for dedup."""
+
+    kind: Literal["py_env_docs"]
+    role: Literal["web", "reference"] = "reference"
+    min_chars: int = Field(200, ge=0)  # shorter docstrings and files are skipped
+    distributions: list[str] = []  # names to read (case and -/_ ignored); empty: every installed one
+    exclude: list[str] = []  # names never read
+    bundled_docs: bool = True  # .md/.rst/.txt files (READMEs, docs) inside the installed packages
+    max_per_distribution: int | None = Field(None, ge=1)  # documents from one distribution at most
+    max_bytes: int | None = Field(None, ge=1)  # UTF-8 bytes of text at most, over the whole source
+    max_file_bytes: int = Field(2_000_000, ge=1)  # larger files (generated tables, vendored blobs) skipped
+
+
 Source = Annotated[
-    HttpSource | PydocSource | WarcSource | FilesSource | HfSource | PythonDocsSource,
+    HttpSource | PydocSource | WarcSource | FilesSource | HfSource | PythonDocsSource | PyEnvDocsSource,
     Field(discriminator="kind"),
 ]
 
@@ -421,7 +437,7 @@ class Params(Section):
         if not isinstance(data, dict) or not isinstance((data.get("crawl") or {}).get("sources"), dict):
             return data
         sources = data["crawl"]["sources"]
-        default_role = {"python_docs": "reference"}
+        default_role = {"python_docs": "reference", "py_env_docs": "reference"}
         roles = {
             name: (src.get("role") or default_role.get(src.get("kind"), "web"))
             if isinstance(src, dict)

@@ -29,6 +29,7 @@ from typing import Any
 
 NOT_RUN = "not run"
 THIS_EXECUTION = "this execution"
+SEEDS_DEP = "metrics/seeds"  # seed groups (`lineage seeds`): the report reads them too (a dep in dvc.yaml)
 
 
 # ------------------------------------------------------------------------------------- declarations
@@ -92,6 +93,8 @@ REPORT: dict[str, StageReport] = {
             Row("documents out", "docs_out", fmt="int"),
             Row("bytes out", "bytes_out", fmt="bytes"),
             Row("documents from {}", "sources/*/docs", fmt="int"),
+            Row("bytes from {}", "sources/*/bytes", fmt="bytes"),
+            Row("embedded sources: installed distributions", "embedded/distributions", fmt="int"),
             Row("{}: {} pages", "sources/*/page_kinds/*", fmt="int"),
             Row("pages truncated at max_bytes", "pages_truncated", fmt="int"),
         ),
@@ -917,10 +920,26 @@ def build(
         f"this execution ({reused} stages' outputs come from earlier ones)" if reused else THIS_EXECUTION,
     ))  # fmt: skip
     rep.claims = claim_rows(CLAIMS, flats)
+    _seed_section(rep, root, params)
     dtypes = compute_dtypes(root, order)
     if dtypes:
         rep.header["run"] = {**rep.header["run"], "compute dtype": dtypes}
     return rep
+
+
+def _seed_section(rep: Report, root: Path, params: dict[str, Any]) -> None:
+    """The spread over seeds (mean ± 95% interval) when a seed group of these params exists."""
+    from pipeline.errors import LineageError
+    from pipeline.stats import group_for, report_rows
+
+    try:
+        group = group_for(root, params)
+    except LineageError as e:
+        rep.notes.append(f"seed groups: {e}")
+        return
+    if group is not None:
+        title = f"seeds: group {group['group']}, mean ± 95% interval over {len(group['members'])} runs"
+        rep.sections.append(("seeds", title, report_rows(group)))
 
 
 def dropped_rows(stage: str, samples: dict[str, Any], per_rule: int = 2) -> list[tuple[str, ...]]:

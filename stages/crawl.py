@@ -11,7 +11,17 @@ from pipeline.config import CommonConfig, DistSplit
 from pipeline.errors import LineageError
 from pipeline.io import write_shards, write_table
 from pipeline.stage import StageContext, main, make_dirs
-from pipeline.text.sources import FETCH_LOG_SCHEMA, RAW_SCHEMA, read_source
+from pipeline.text.sources import FETCH_LOG_SCHEMA, RAW_SCHEMA, env_manifest, read_source
+
+# the embedded kinds read this machine's Python and installed distributions
+EMBEDDED_KINDS = {"pydoc", "python_docs", "py_env_docs"}
+HEADLINE = [
+    "crawl_docs=docs_out",
+    "crawl_docs/*=sources/*/docs",
+    "crawl_bytes=bytes_out",
+    "pages=pages_fetched",
+    "embedded_manifest=embedded/manifest_id",
+]
 
 
 def crawl_one(
@@ -55,7 +65,10 @@ def body(ctx: StageContext) -> dict[str, Any]:
     per_source = {r.pop("name"): r for r in results}
     fetched = sum(r["fetched"] for r in per_source.values())
     fetch_s = sum(r.pop("fetch_s") for r in per_source.values())
+    # which environment the embedded sources read: two machines with the same manifest read the same text
+    embedded = any(src.kind in EMBEDDED_KINDS for _, src in sources)
     return {
+        **({"embedded": env_manifest()} if embedded else {}),
         "docs_out": sum(r["docs"] for r in per_source.values()),
         "bytes_out": sum(r["bytes"] for r in per_source.values()),
         "pages_fetched": fetched,
@@ -66,4 +79,4 @@ def body(ctx: StageContext) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    sys.exit(main("crawl", body, headline=["crawl_docs=docs_out", "pages=pages_fetched"]))
+    sys.exit(main("crawl", body, headline=HEADLINE))

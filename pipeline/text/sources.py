@@ -33,6 +33,7 @@ from pipeline.config import (
     HfSource,
     HttpSource,
     PydocSource,
+    PyEnvDocsSource,
     PythonDocsSource,
     WarcSource,
 )
@@ -213,12 +214,14 @@ def dist_side(name: str, split: DistSplit) -> str:
     return "web" if int.from_bytes(digest[:8], "big") < split.web_share * 2**64 else "reference"
 
 
-def installed_distributions() -> Iterator[tuple[str, Any]]:
-    """(lowercased name, distribution) of each installed distribution once, by name."""
+def installed_distributions(path: list[str] | None = None) -> Iterator[tuple[str, Any]]:
+    """(lowercased name, distribution) of each installed distribution once, by name; ``path``: the
+    folders to search instead of ``sys.path``."""
     from importlib import metadata
 
     seen: set[str] = set()
-    for dist in sorted(metadata.distributions(), key=lambda d: (d.metadata["Name"] or "").lower()):
+    found = metadata.distributions(path=path) if path is not None else metadata.distributions()
+    for dist in sorted(found, key=lambda d: (d.metadata["Name"] or "").lower()):
         dname = (dist.metadata["Name"] or "").lower()
         if dname and dname not in seen:
             seen.add(dname)
@@ -800,6 +803,157 @@ def read_python_docs_source(name: str, src: PythonDocsSource, split: DistSplit |
     return docs
 
 
+# ------------------------------------------------------- docstrings and docs of the installed environment
+BUNDLED_DOC_SUFFIXES = {".md", ".rst"}
+README_RE = re.compile(r"(^|/)(README|CHANGES|CHANGELOG|HISTORY)[^/]*\.txt$", re.I)
+
+
+def bundled_doc(rel: str) -> bool:
+    """A doc a distribution ships as a file: Markdown or reST, or a README/changelog in plain text
+    (other .txt files are mostly data: word lists, tables); licence files are `dist_docs`' text."""
+    suffix = Path(rel).suffix.lower()
+    return (suffix in BUNDLED_DOC_SUFFIXES or bool(README_RE.search(rel))) and not LICENSE_RE.search(rel)
+
+
+def normalize_dist_name(name: str) -> str:
+    """A distribution name as pip compares them (PEP 503): case and runs of -_. ignored."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _installed_file(rel: str) -> bool:
+    """Whether a RECORD entry is a file inside the environment's package folders (not a script in
+    bin/, not the metadata folder, not bytecode)."""
+    parts = rel.split("/")
+    return not (
+        rel.startswith("../")
+        or parts[0].endswith((".dist-info", ".egg-info"))
+        or "__pycache__" in parts
+        or rel.endswith((".pyc", ".pyo"))
+    )
+
+
+def code_docstrings(
+    source: bytes, module: str, filename: str = "<unknown>"
+) -> Iterator[tuple[int, str, str]]:
+    """(line, qualified name, docstring) of a module's, classes' and functions' docstrings, nested
+    definitions included, in source order; read with ``ast``, nothing is imported."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # invalid escape sequences in old code are SyntaxWarnings
+        try:
+            tree = ast.parse(source, filename=filename)
+        except (SyntaxError, ValueError, UnicodeDecodeError, RecursionError, MemoryError):
+            return
+    doc = ast.get_docstring(tree, clean=True)
+    if doc:
+        yield 1, module, doc
+
+    def visit(body: list[ast.stmt], prefix: str) -> Iterator[tuple[int, str, str]]:
+        # definitions sit in statement lists only (bodies of defs, if/for/while/with/try, match cases)
+        for st in body:
+            if isinstance(st, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+                qual = f"{prefix}.{st.name}"
+                d = ast.get_docstring(st, clean=True)
+                if d:
+                    yield st.lineno, qual, d
+                yield from visit(st.body, qual)
+                continue
+            for field in ("body", "orelse", "finalbody"):
+                inner = getattr(st, field, None)
+                if isinstance(inner, list):
+                    yield from visit(inner, prefix)
+            for part in [*getattr(st, "handlers", []), *getattr(st, "cases", [])]:
+                yield from visit(part.body, prefix)
+
+    try:
+        yield from visit(tree.body, module)
+    except RecursionError:
+        return
+
+
+def env_documents(src: PyEnvDocsSource, path: list[str] | None = None) -> Iterator[tuple[str, str, str]]:
+    """(distribution, key, text) of every docstring of ``src.min_chars`` or more in the chosen
+    installed distributions, and of the docs they bundle as files, in a fixed order: distributions
+    by name, files by path, docstrings in source order. Copies stay copies (dedup's job)."""
+    wanted = {normalize_dist_name(d) for d in src.distributions}
+    excluded = {normalize_dist_name(d) for d in src.exclude}
+    for dname, dist in installed_distributions(path):
+        norm = normalize_dist_name(dname)
+        if (wanted and norm not in wanted) or norm in excluded:
+            continue
+        files = sorted({str(f) for f in dist.files or [] if _installed_file(str(f))})
+        taken = 0
+        for rel in files:
+            suffix = Path(rel).suffix.lower()
+            is_doc = src.bundled_docs and bundled_doc(rel)
+            if suffix != ".py" and not is_doc:
+                continue
+            full = Path(dist.locate_file(rel))
+            try:
+                if not full.is_file() or full.stat().st_size > src.max_file_bytes:
+                    continue
+                data = full.read_bytes()
+            except OSError:
+                continue
+            if suffix == ".py":
+                if b'"""' not in data and b"'''" not in data and src.min_chars >= 80:
+                    continue  # no triple quotes: no docstring this long (a cheap test before parsing)
+                module = rel[:-3].replace("/", ".").removesuffix(".__init__")
+                items = (
+                    (f"{rel}:{line}:{qual}", doc)
+                    for line, qual, doc in code_docstrings(data, module, rel)
+                    if len(doc) >= src.min_chars
+                )
+            else:
+                text = data.decode("utf-8", errors="replace")
+                items = iter([(rel, text)] if len(text.strip()) >= src.min_chars else [])
+            for key, text in items:
+                yield norm, key, text
+                taken += 1
+                if src.max_per_distribution and taken >= src.max_per_distribution:
+                    break
+            if src.max_per_distribution and taken >= src.max_per_distribution:
+                break
+
+
+def read_py_env_docs_source(name: str, src: PyEnvDocsSource, path: list[str] | None = None) -> list[dict]:
+    """The environment's docstrings and bundled docs as reference documents, within the source's
+    caps (``max_docs``, ``max_bytes``): the same environment gives the same documents."""
+    docs: list[dict] = []
+    nbytes = 0
+    for dist, key, text in env_documents(src, path):
+        size = len(text.encode("utf-8", "surrogatepass"))
+        if src.max_bytes and nbytes + size > src.max_bytes:
+            break
+        nbytes += size
+        docs.append(raw_doc(name, src.role, f"pyenv:{dist}/{key}", text, "text/plain"))
+        if src.max_docs and len(docs) >= src.max_docs:
+            break
+    return docs
+
+
+def env_manifest(path: list[str] | None = None) -> dict[str, Any]:
+    """What the embedded sources read from this machine, as one hash: the Python version (the
+    standard library's docs) and each installed distribution's name, version and file list. Two
+    environments with the same hash give the embedded sources the same text."""
+    import platform
+
+    lines = [f"python {platform.python_implementation()} {platform.python_version()}"]
+    for dname, dist in installed_distributions(path):
+        files = sorted(str(f) for f in dist.files or [] if not str(f).endswith((".pyc", ".pyo")))
+        listing = hashlib.sha256("\n".join(files).encode("utf-8", "surrogatepass")).hexdigest()
+        lines.append(f"{normalize_dist_name(dname)}=={dist.metadata.get('Version') or ''} {listing}")
+    digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()
+    return {
+        "manifest": digest,
+        # the first 48 bits as a number: headline metrics are numbers, and a float holds this exactly
+        "manifest_id": int(digest[:12], 16),
+        "distributions": len(lines) - 1,
+        "python": platform.python_version(),
+    }
+
+
 def read_source(
     name: str, src: Any, root: Path, split: DistSplit | None = None
 ) -> tuple[list[dict], list[dict]]:
@@ -817,4 +971,6 @@ def read_source(
         return read_hf_source(name, src, root), []
     if isinstance(src, PythonDocsSource):
         return read_python_docs_source(name, src, split), []
+    if isinstance(src, PyEnvDocsSource):
+        return read_py_env_docs_source(name, src), []
     raise LineageError(f"crawl.sources.{name}.kind: unknown kind {getattr(src, 'kind', '?')!r}")
