@@ -121,6 +121,7 @@ def test_data_that_teaches_nothing_or_too_much_is_dropped_and_counted(
     assert dropped[reason] == len(lines) - kept and sum(dropped.values()) == len(lines) - kept
 
 
+@pytest.mark.slow
 def test_the_instructions_stage_counts_what_it_dropped(tmp_path, capsys):
     from pipeline.stage import run_stage
     from stages import instructions
