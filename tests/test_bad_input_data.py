@@ -206,26 +206,33 @@ def _task(root: Path, side: str) -> Path:
 
 def _read(kind: str, root: Path, tok) -> None:
     """What the stage that reads ``kind`` does with it."""
-    from pipeline.eval.lm import kept_checkpoints
-    from pipeline.eval.scoring import read_task_dir
-    from pipeline.feedback.data import COMPARISON_FIELDS, read_jsonl, read_split
-    from pipeline.model.export import load_model
-    from pipeline.model.reward import load_reward_model
-    from pipeline.tokenizer import read_meta
-
     if kind in ("reward.json", "reward_head.safetensors"):
+        from pipeline.model.reward import load_reward_model
+
         load_reward_model(root / "data" / "reward" / "model", "abc")
     elif kind == "meta.json":
+        from pipeline.tokenizer import read_meta
+
         read_meta(root / "data" / "tokenize")
     elif kind == "config.json":
+        from pipeline.model.export import load_model
+
         load_model(root / "data" / "sft" / "model")
     elif kind == "sft.jsonl":
+        from pipeline.feedback.data import read_split
+
         read_split(root / "data" / "instructions", "sft")
     elif kind == "comparisons.jsonl":
-        read_jsonl(root / "data" / "instructions" / "comparisons.jsonl", COMPARISON_FIELDS)
+        from pipeline.feedback import data
+
+        data.read_jsonl(root / "data" / "instructions" / "comparisons.jsonl", data.COMPARISON_FIELDS)
     elif kind == "task":
+        from pipeline.eval.scoring import read_task_dir
+
         read_task_dir(root / "data" / "evaluate" / "tasks" / "cloze")
     elif kind == "step_10.pt":
+        from pipeline.eval.lm import kept_checkpoints
+
         kept_checkpoints(root, tiny(tok.get_vocab_size()).config.to_dict())
     elif kind == "metrics.json":
         from pipeline import report
@@ -234,12 +241,14 @@ def _read(kind: str, root: Path, tok) -> None:
     elif kind == "chat.json":
         from pipeline.cli import main
 
-        cwd = os.getcwd()
+        cwd, stdin = os.getcwd(), sys.stdin
         os.chdir(root)
+        sys.stdin = io.StringIO("")  # no conversation: only the model's files are read
         try:
             rc = main(["chat", "--stage", "sft"])
         finally:
             os.chdir(cwd)
+            sys.stdin = stdin
         assert rc == 1
         raise LineageError("see stderr")
 
