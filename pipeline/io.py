@@ -312,7 +312,7 @@ def load_safetensors(path: str | Path, device: str = "cpu") -> dict[str, Any]:
         return load_file(str(path), device=device)
     except Exception as e:  # safetensors raises its own error types for a damaged header or size
         reason = (str(e).splitlines() or [""])[0][:120]
-        raise LineageError(f"{path}: damaged ({type(e).__name__}: {reason}); {rerun_hint(path)}") from None
+        raise LineageError(f"{path}: corrupted ({type(e).__name__}: {reason}); {rerun_hint(path)}") from None
 
 
 def list_shards(directory: str | Path) -> list[Path]:

@@ -531,7 +531,7 @@ def read_jsonl(path: Path, fields: tuple[str, ...] = ()) -> list[dict[str, Any]]
     return rows
 
 
-SPLIT_FIELDS = ("id", "family", "messages", "reference")  # what every split row holds
+SPLIT_FIELDS = ("messages", "reference")  # what every split row holds (the prompt and its answer)
 
 
 def read_split(directory: Path, split: str) -> list[dict[str, Any]]:

@@ -68,6 +68,8 @@ def load_model(directory: Path, map_location: str | torch.device = "cpu") -> GPT
             raise LineageError(f"model checkpoint incomplete: {path} not found")
     try:
         config = GPTConfig.from_dict(read_json(config_path))
+    except LineageError as exc:
+        raise LineageError(f"invalid model config {exc}") from None
     except (ValueError, TypeError, KeyError) as exc:
         raise LineageError(
             f"invalid model config {config_path}: {_one_line(exc)}; {rerun_hint(config_path)}"
