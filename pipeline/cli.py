@@ -77,23 +77,132 @@ def _git(root: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False)
 
 
-def restore_workspace(root: Path, env: dict[str, str]) -> bool:
+LAST_RUN = Path(".dvc") / "tmp" / "lineage" / "last-run"  # this machine's own last results (git-ignored)
+STATE = ("params.yaml", "dvc.lock", "metrics")
+RESTORED = "params.yaml, dvc.lock, metrics/ and data/ are back at the last commit"
+
+
+def save_last_run(root: Path) -> None:
+    """Keep params.yaml, dvc.lock and metrics/ of a finished run: the outputs they describe are in
+    this machine's DVC cache, so `lineage restore` can always come back to them."""
+    import shutil
+
+    dest = root / LAST_RUN
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        for name in STATE:
+            src = root / name
+            if src.is_dir():
+                shutil.copytree(src, tmp / name)
+            elif src.is_file():
+                shutil.copy2(src, tmp / name)
+        shutil.rmtree(dest, ignore_errors=True)
+        tmp.rename(dest)
+    except OSError as e:  # the run itself succeeded: say so and go on
+        shutil.rmtree(tmp, ignore_errors=True)
+        print(f"lineage: could not keep a copy of this run's dvc.lock in {dest} ({e})", file=sys.stderr)
+
+
+def uncached_outputs(root: Path, lock_text: str | None) -> list[str] | None:
+    """The outputs a dvc.lock describes whose content is not in this machine's DVC cache (a folder's
+    manifest and every file in it); None when the lock cannot be read."""
+    from dvc.repo import Repo
+
+    try:
+        lock = yaml.safe_load(lock_text or "") or {}
+        cache = Repo(str(root)).cache.local
+    except Exception:
+        return None
+    missing = []
+    for stage in (lock.get("stages") or {}).values():
+        for out in stage.get("outs") or []:
+            md5 = out.get("md5")
+            if not md5:
+                continue
+            path = Path(cache.oid_to_path(md5))
+            present = path.is_file()
+            if present and md5.endswith(".dir"):
+                try:
+                    files = json.loads(path.read_text())
+                    present = all(Path(cache.oid_to_path(f["md5"])).is_file() for f in files)
+                except (OSError, ValueError, KeyError, TypeError):
+                    present = False
+            if not present:
+                missing.append(out.get("path", md5))
+    return missing
+
+
+def _checkout(root: Path, env: dict[str, str]) -> bool:
+    """data/ as dvc.lock describes it, replacing whatever a stage run outside DVC left there."""
+    return subprocess.call(["dvc", "checkout", "--force", "--quiet"], cwd=root, env=env) == 0
+
+
+def restore_workspace(root: Path, env: dict[str, str]) -> tuple[bool, str]:
     """Put params.yaml, dvc.lock, metrics/ and data/ back to the last commit's state (an experiment
-    changes all four in the workspace). Returns False when that could not be done."""
-    tracked = [
-        p
-        for p in ("params.yaml", "dvc.lock", "metrics")
-        if _git(root, "ls-files", "--error-unmatch", p).returncode == 0
-    ]
-    keep = ":(exclude)metrics/seeds"  # seed groups (`lineage seeds`) are results of their own, not a run's
-    if tracked and _git(root, "checkout", "HEAD", "--", *tracked, keep).returncode != 0:
+    changes all four in the workspace). When the commit's outputs were made elsewhere and are not in
+    this machine's DVC cache, this machine's own last run of the committed params.yaml is restored
+    instead; failing that nothing is touched. Returns (done, a line saying what happened)."""
+    head_lock = _git(root, "show", "HEAD:dvc.lock")
+    missing = uncached_outputs(root, head_lock.stdout) if head_lock.returncode == 0 else []
+    if missing is None:
+        return False, "the last commit's dvc.lock cannot be read; nothing was changed"
+    if not missing:
+        tracked = [p for p in STATE if _git(root, "ls-files", "--error-unmatch", p).returncode == 0]
+        keep = (
+            ":(exclude)metrics/seeds"  # seed groups (`lineage seeds`) are results of their own, not a run's
+        )
+        if tracked and _git(root, "checkout", "HEAD", "--", *tracked, keep).returncode != 0:
+            return False, "git could not check out params.yaml, dvc.lock and metrics/ of the last commit"
+        untracked = _git(
+            root, "ls-files", "--others", "--exclude-standard", "metrics", "dvc.lock", keep
+        ).stdout.split()
+        for f in untracked:
+            (root / f).unlink(missing_ok=True)
+        if not _checkout(root, env):
+            return (
+                False,
+                "params.yaml, dvc.lock and metrics/ are back at the last commit; `dvc checkout -f` failed",
+            )
+        return True, RESTORED
+    shown = ", ".join(missing[:2]) + (f" and {len(missing) - 2} more" if len(missing) > 2 else "")
+    own = root / LAST_RUN
+    head_params = _git(root, "show", "HEAD:params.yaml").stdout
+    own_params = (own / "params.yaml").read_text() if (own / "params.yaml").is_file() else None
+    own_lock = (own / "dvc.lock").read_text() if (own / "dvc.lock").is_file() else None
+    if (
+        own_params is not None
+        and _same_yaml(own_params, head_params)
+        and uncached_outputs(root, own_lock) == []
+    ):
+        import shutil
+
+        _git(root, "checkout", "HEAD", "--", "params.yaml")
+        (root / "dvc.lock").write_text(own_lock or "")
+        for f in (root / "metrics").glob("*.json"):  # seed groups (metrics/seeds/) stay
+            f.unlink()
+        if (own / "metrics").is_dir():
+            shutil.copytree(own / "metrics", root / "metrics", dirs_exist_ok=True)
+        if _checkout(root, env):
+            return True, (
+                f"the last commit's outputs ({shown}) were made elsewhere and are not in this machine's DVC "
+                "cache; params.yaml is back at the last commit, and dvc.lock, metrics/ and data/ hold your own "
+                "last run of it (`dvc pull` brings the committed ones, then `lineage restore` again)"
+            )
+        return False, "your own last run's outputs could not be checked out (`dvc checkout -f` failed)"
+    return False, (
+        f"nothing was changed: the last commit's outputs ({shown}) are not in this machine's DVC cache, and "
+        "no run of your own of its params.yaml is; either `dvc pull` them (then `lineage restore`), or "
+        "`git checkout params.yaml && lineage run` to make them here"
+    )
+
+
+def _same_yaml(a: str, b: str) -> bool:
+    try:
+        return yaml.safe_load(a) == yaml.safe_load(b)
+    except yaml.YAMLError:
         return False
-    untracked = _git(
-        root, "ls-files", "--others", "--exclude-standard", "metrics", "dvc.lock", keep
-    ).stdout.split()
-    for f in untracked:
-        (root / f).unlink(missing_ok=True)
-    return subprocess.call(["dvc", "checkout", "--quiet"], cwd=root, env=env) == 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -148,9 +257,13 @@ def cmd_run(args: argparse.Namespace) -> int:
                 proc.terminate()
             rc = 130
         end_pipeline_run(params, root, parent, ok=rc == 0, status="KILLED" if rc in (130, -2) else None)
+    if rc == 0 and not experiment:
+        save_last_run(root)
     if experiment:
         before = _git(root, "rev-parse", "--short", "HEAD").stdout.strip()
-        restored = restore_workspace(root, env)
+        restored, said = restore_workspace(root, env)
+        if said != RESTORED:  # not restored, or to this machine's own last run
+            print(f"lineage: {said}", file=sys.stdout if restored else sys.stderr, flush=True)
         if rc == 0:
             print(
                 f"lineage: the experiment is saved (`dvc exp show` lists it against {before}); the "
@@ -233,15 +346,11 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
 def cmd_restore(_: argparse.Namespace) -> int:
     root = Path.cwd()
-    if restore_workspace(root, pipeline_env(root, None)):
-        print("lineage: params.yaml, dvc.lock, metrics/ and data/ are back at the last commit")
-        return 0
-    print(
-        "lineage: params.yaml, dvc.lock and metrics/ are back at the last commit; some outputs of that "
-        "commit are not in the DVC cache (`dvc pull` or `dvc repro` brings them)",
-        file=sys.stderr,
-    )
-    return 1
+    if not (root / "dvc.yaml").is_file():
+        raise LineageError(f"{root}: no dvc.yaml here; run lineage from the project root")
+    done, said = restore_workspace(root, pipeline_env(root, None))
+    print(f"lineage: {said}", file=sys.stderr if not done else sys.stdout)
+    return 0 if done else 1
 
 
 # dependency hashes are one column each in `dvc exp show`; the metrics and params tell experiments apart
@@ -387,7 +496,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_push(args: argparse.Namespace) -> int:
     """`dvc push`: every stage's outputs to the default DVC remote (.dvc/config), or to ``-r NAME``."""
-    return subprocess.call(["dvc", "push", *args.dvc_args], env=pipeline_env(Path.cwd(), None))
+    remote = ["-r", args.remote] if args.remote else []
+    return subprocess.call(["dvc", "push", *remote, *args.dvc_args], env=pipeline_env(Path.cwd(), None))
 
 
 def checkpoint_index(root: Path) -> list[dict[str, Any]]:
@@ -467,6 +577,42 @@ def cmd_checkpoints(_: argparse.Namespace) -> int:
     return 0
 
 
+def check_model_tokenizer(source: str, recorded: Path, tokenizer_file: Path) -> None:
+    """The tokenizer a model was trained with, as the model records it: ``chat.json``'s sha256 (SFT,
+    PPO), the ``tokenizer.json`` a checkpoint keeps beside it, or the exported ``hf/tokenizer.json``
+    (pretrain, whose vocabulary is compared, since transformers rewrites the file). A tokenizer of the
+    same size with other ids is refused like one of another size."""
+    from pipeline.io import read_json
+    from pipeline.model.reward import tokenizer_sha256
+
+    hint = "give the tokenizer it was trained with (--tokenizer)"
+    if recorded.name == "chat.json":
+        want = str(read_json(recorded, ("tokenizer_sha256",))["tokenizer_sha256"])
+        have = tokenizer_sha256(tokenizer_file)
+        if want != have:
+            raise LineageError(
+                f"{source}: trained with the tokenizer of sha256 {want[:12]}, not {tokenizer_file} "
+                f"(sha256 {have[:12]}); {hint}"
+            )
+    elif recorded.name == "tokenizer.json" and recorded.parent.name == "hf":
+        try:
+            theirs = json.loads(recorded.read_text())["model"].get("vocab")
+            ours = json.loads(Path(tokenizer_file).read_text())["model"].get("vocab")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return  # the load of the tokenizer names a damaged file; here only a mismatch matters
+        if theirs != ours:
+            raise LineageError(f"{source}: trained with another vocabulary than {tokenizer_file}'s; {hint}")
+    elif tokenizer_sha256(recorded) != tokenizer_sha256(tokenizer_file):
+        raise LineageError(f"{source}: trained with {recorded}, and {tokenizer_file} differs from it; {hint}")
+
+
+def _recorded_tokenizer(model_dir: Path) -> Path | None:
+    for path in (model_dir / "chat.json", model_dir.parent / "hf" / "tokenizer.json"):
+        if path.is_file():
+            return path
+    return None
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     """Generations from a stage's saved model (data/<stage>/model) or from a training checkpoint."""
     import torch
@@ -484,13 +630,17 @@ def cmd_sample(args: argparse.Namespace) -> int:
         state = load_checkpoint(ckpt)
         model = GPT(GPTConfig.from_dict(state["model_config"]))
         model.load_state_dict(state["model"])
-        if ckpt.with_name("tokenizer.json").is_file():  # the tokenizer it was trained with
-            tokenizer_file = ckpt.with_name("tokenizer.json")
+        recorded = ckpt.with_name("tokenizer.json") if ckpt.with_name("tokenizer.json").is_file() else None
+        if recorded is not None:  # the tokenizer it was trained with
+            tokenizer_file = recorded
         source = f"{ckpt} (step {state.get('step', '?')})"
     else:
         model = load_model(root / "data" / args.stage / "model")
         source = str(root / "data" / args.stage / "model")
+        recorded = _recorded_tokenizer(root / "data" / args.stage / "model")
     tokenizer = load_tokenizer(Path(args.tokenizer) if args.tokenizer else tokenizer_file)
+    if recorded is not None:
+        check_model_tokenizer(source, recorded, Path(args.tokenizer) if args.tokenizer else tokenizer_file)
     if tokenizer.get_vocab_size() != model.config.vocab_size:
         raise LineageError(
             f"{source}: the model has a vocabulary of {model.config.vocab_size} ids, the tokenizer "
@@ -512,15 +662,46 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def fit_context(chat: Any, history: list[dict[str, str]], budget: int) -> tuple[list[int], int]:
+def turn_ids(chat: Any, message: dict[str, str]) -> list[int]:
+    """One turn as the chat template encodes it: role id, content, end id."""
+    return [chat.role[message["role"]], *chat.text(message["content"]), chat.end]
+
+
+def fit_context(
+    chat: Any, history: list[dict[str, str]], budget: int, encoded: list[list[int]] | None = None
+) -> tuple[list[int], int]:
     """The conversation as a prompt of at most ``budget`` tokens: the oldest turns go first, and a last
     turn longer than the window keeps its end (the model then sees the end of the question). Returns
-    the ids and how many earlier turns were left out."""
-    for dropped in range(len(history)):
-        ids = chat.encode_prompt(history[dropped:])
-        if len(ids) <= budget:
-            return ids, dropped
-    return chat.encode_prompt(history[-1:])[-budget:], len(history) - 1
+    the ids and how many earlier turns were left out. ``encoded`` holds each turn's ids (see
+    :func:`turn_ids`) so a long conversation is not encoded again at every turn."""
+    encoded = encoded if encoded is not None else [turn_ids(chat, m) for m in history]
+    used, start = 1, len(history)  # 1: the assistant marker that ends the prompt
+    while start > 0 and used + len(encoded[start - 1]) <= budget:
+        start -= 1
+        used += len(encoded[start])
+    if start == len(history):
+        return [*encoded[-1], chat.role["assistant"]][-budget:], len(history) - 1
+    return [t for ids in encoded[start:] for t in ids] + [chat.role["assistant"]], start
+
+
+def read_turn(stream: Any, max_bytes: int) -> tuple[bytes | None, bool]:
+    """One line of a byte stream, holding at most its last ``max_bytes`` bytes however long it is;
+    (None, False) at the end of input. The flag says whether the line was cut."""
+    buf = stream.readline(max_bytes + 1)
+    if not buf:
+        return None, False
+    total = len(buf)
+    while not buf.endswith(b"\n"):
+        more = stream.readline(max_bytes + 1)
+        if not more:
+            break
+        total += len(more)
+        buf = (buf + more)[-(max_bytes + 1) :]
+    line = buf.removesuffix(b"\n")
+    cut = total - buf.endswith(b"\n") > len(line)
+    if cut:  # the first bytes kept may be the middle of a character
+        line = line.lstrip(bytes(range(0x80, 0xC0)))
+    return line, cut
 
 
 def stream_reply(
@@ -572,6 +753,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
         raise LineageError(f"{tok_file}: tokenizer not found; run `dvc repro tokenize` first")
     chat = ChatTokens(load_tokenizer(tok_file), str(tok_file))
     model = load_model(model_dir).eval()
+    recorded = _recorded_tokenizer(model_dir)
+    if recorded is not None:
+        check_model_tokenizer(str(model_dir), recorded, tok_file)
     if chat.tok.get_vocab_size() != model.config.vocab_size:
         raise LineageError(
             f"{model_dir}: the model has {model.config.vocab_size} ids, the tokenizer {tok_file} "
@@ -585,28 +769,54 @@ def cmd_chat(args: argparse.Namespace) -> int:
     if tty:
         print(f"lineage: chatting with {model_dir.relative_to(root)} ({model.num_params():,} parameters, "
               f"{model.config.block_size}-token window); Ctrl-D ends", file=sys.stderr)  # fmt: skip
+    # only what fits the window is kept: each turn encoded once, the oldest forgotten for good
     history: list[dict[str, str]] = []
+    encoded: list[list[int]] = []
+    left_out = 0
+    cap = args.max_input_chars
     try:
         while True:
+            cut = False
             if tty:
                 try:
                     line = input("you> ")
                 except EOFError:
                     print(file=sys.stderr)
                     break
+                except UnicodeDecodeError:
+                    print("lineage: that line is not UTF-8 text; skipped", file=sys.stderr)
+                    continue
             else:
-                line = sys.stdin.readline()
-                if not line:
+                raw, cut = read_turn(sys.stdin.buffer, 4 * cap)
+                if raw is None:
                     break
-            if not line.strip():
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    print(f"lineage: a line is not UTF-8 text (byte {e.start}); skipped", file=sys.stderr)
+                    continue
+            line = line.strip()
+            if len(line) > cap:
+                line, cut = line[-cap:], True
+            if cut:
+                print(f"lineage: a line longer than --max-input-chars ({cap}) was cut to its last {cap} "
+                      "characters", file=sys.stderr)  # fmt: skip
+            if not line:
                 continue
             if not tty:  # piped input: echo the turn, so the output reads as a transcript
-                print(f"you> {line.strip()}", flush=True)
-            history.append({"role": "user", "content": line.strip()})
-            ids, dropped = fit_context(chat, history, budget)
+                print(f"you> {line}", flush=True)
+            history.append({"role": "user", "content": line})
+            encoded.append(turn_ids(chat, history[-1]))
+            ids, dropped = fit_context(chat, history, budget, encoded)
+            if dropped:
+                del history[:dropped], encoded[:dropped]
+                if not left_out:
+                    print(f"lineage: the conversation outgrew the model's {model.config.block_size}-token "
+                          "window; its oldest turns are left out from here on", file=sys.stderr)  # fmt: skip
+                left_out += dropped
             if args.verbose:
                 print(
-                    f"lineage: context {len(ids)} tokens, {dropped} earlier turns left out", file=sys.stderr
+                    f"lineage: context {len(ids)} tokens, {left_out} earlier turns left out", file=sys.stderr
                 )
             print("assistant> ", end="", flush=True)
             reply: list[int] = []
@@ -620,6 +830,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
             text = chat.tok.decode(reply, skip_special_tokens=False)
             print(text[len(shown) :], flush=True)
             history.append({"role": "assistant", "content": text})
+            encoded.append(turn_ids(chat, history[-1]))
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130
@@ -761,7 +972,10 @@ def main(argv: list[str] | None = None) -> int:
         help="dvc push: every stage's outputs to the DVC remote (default: the one in .dvc/config)",
         formatter_class=fmt,
     )
-    push.add_argument("dvc_args", nargs=argparse.REMAINDER, help="more `dvc push` options (e.g. -r NAME)")
+    push.add_argument(
+        "-r", "--remote", metavar="NAME", help="the DVC remote to push to (default: .dvc/config's)"
+    )
+    push.add_argument("dvc_args", nargs=argparse.REMAINDER, help="more `dvc push` options (e.g. --jobs 4)")
     push.set_defaults(fn=cmd_push)
     sub.add_parser(
         "checkpoints",
@@ -799,6 +1013,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="whose data/<stage>/model answers")  # fmt: skip
     ch.add_argument("--tokenizer", help="tokenizer.json (default: data/tokenize/tokenizer.json)")
     ch.add_argument("--max-new-tokens", type=int, default=64, help="longest reply in tokens")
+    ch.add_argument(
+        "--max-input-chars", type=int, default=4000,
+        help="a longer input line keeps its last this many characters (and says so)",
+    )  # fmt: skip
     ch.add_argument("--temperature", type=float, default=0.7, help="softmax temperature (0: greedy)")
     ch.add_argument("--top-k", type=int, default=50, help="sample from the k most likely tokens only")
     ch.add_argument("--top-p", type=float, default=None, help="nucleus sampling: smallest set with this mass")
@@ -830,12 +1048,20 @@ def main(argv: list[str] | None = None) -> int:
 
     seeds.add_parser(sub, fmt)
     results.add_parser(sub, fmt)
-    args = ap.parse_args(argv)
+    args, extra = ap.parse_known_args(argv)
+    if extra:  # options of `dvc push` / `dvc exp show` that argparse's REMAINDER does not take first
+        if getattr(args, "dvc_args", None) is None:
+            ap.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.dvc_args = [*extra, *args.dvc_args]
     try:
         return args.fn(args)
     except LineageError as e:
         print(f"error: lineage: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # the reader went away (`lineage chat ... | head`): stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's own flush at exit must not fail again
+        return 141  # 128 + SIGPIPE, as a shell reports a writer whose reader closed the pipe
 
 
 if __name__ == "__main__":

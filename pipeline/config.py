@@ -20,10 +20,12 @@ from pipeline.eval.config import EvaluateConfig, FinetuneConfig
 from pipeline.feedback.config import ComparisonsConfig, InstructionsConfig, PpoConfig, RewardConfig, SftConfig
 from pipeline.section import NAME_RE, Section
 
-
 # --------------------------------------------------------------------------------------------- common
+SEED_MAX = 2**32 - 1  # numpy's and torch's generators take seeds in 0..2**32-1
+
+
 class CommonConfig(Section):
-    seed: int = 1337
+    seed: int = Field(1337, ge=0, le=SEED_MAX)
     # compute dtype of every torch stage (a stage's own `dtype` overrides it): auto = bf16 autocast where
     # the hardware has bf16 natively (CUDA, AVX512-BF16/AMX CPUs), else float32, which is 5-35x faster
     # than emulated bf16 on CPUs without it

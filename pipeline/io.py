@@ -77,11 +77,33 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
         tmp.rename(final)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if _is_input(e, final, tmp):  # an upstream file, not this stage's output
+            raise LineageError(_input_failure(e)) from None
         raise LineageError(f"{final}: cannot write the stage's output ({_os_reason(e)})") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _is_input(e: OSError, final: Path, tmp: Path) -> bool:
+    """Whether ``e`` is about reading a file outside the output folder (a missing input)."""
+    if not getattr(e, "filename", None) or getattr(e, "filename2", None):
+        return False
+    path = Path(e.filename).absolute()
+    outputs = (final.absolute(), tmp.absolute())
+    return isinstance(e, FileNotFoundError | IsADirectoryError | NotADirectoryError) and not any(
+        path == o or path.is_relative_to(o) for o in outputs
+    )
+
+
+def _input_failure(e: OSError) -> str:
+    stage = stage_of(e.filename)
+    if isinstance(e, FileNotFoundError):
+        return _missing(Path(e.filename))
+    return f"{e.filename}: cannot read it ({_os_reason(e)}); " + (
+        f"rerun `dvc repro -f {stage}`" if stage else "replace it"
+    )
 
 
 def _os_reason(e: OSError) -> str:
@@ -217,15 +239,80 @@ def write_shards(
 
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) for each non-blank line; a malformed line is one clear error."""
-    with Path(path).open() as fh:
-        for i, line in enumerate(fh, start=1):
+    """(line number, object) for each non-blank line; a malformed line (bad JSON, not UTF-8, not an
+    object) is one clear error naming ``file:line``."""
+    path = Path(path)
+    hint = f"; {rerun_hint(path)}" if stage_of(path) else ""
+    with path.open("rb") as fh:
+        for i, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise LineageError(f"{path}:{i}: not UTF-8 text (byte {e.start}){hint}") from None
             if not line.strip():
                 continue
             try:
-                yield i, json.loads(line)
+                row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise LineageError(f"{path}:{i}: not valid JSON: {e.msg}") from None
+                raise LineageError(f"{path}:{i}: not valid JSON: {e.msg}{hint}") from None
+            if not isinstance(row, dict):
+                raise LineageError(f"{path}:{i}: expected a JSON object, got {type(row).__name__}{hint}")
+            yield i, row
+
+
+def _missing(path: Path) -> str:
+    stage = stage_of(path)
+    return f"{path}: missing; run `dvc repro {stage}` first" if stage else f"{path}: not found"
+
+
+def read_json(path: str | Path, fields: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A JSON object a stage wrote (``meta.json``, ``chat.json``, a config): missing, damaged, or
+    without one of ``fields``, it is one line naming the file and the stage to rerun."""
+    path = Path(path)
+    if not path.is_file():
+        raise LineageError(_missing(path))
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        reason = str(e).splitlines()[0][:120] if str(e) else ""
+        raise LineageError(f"{path}: damaged ({type(e).__name__}: {reason}); {rerun_hint(path)}") from None
+    if not isinstance(data, dict):
+        raise LineageError(
+            f"{path}: damaged (a JSON {type(data).__name__}, not an object); {rerun_hint(path)}"
+        )
+    lacking = [f for f in fields if f not in data]
+    if lacking:
+        raise LineageError(f"{path}: damaged (no {lacking[0]!r} entry); {rerun_hint(path)}")
+    return data
+
+
+def read_jsonl(path: str | Path, fields: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Every object of a JSONL file a stage wrote; a missing file, a damaged line, or a row without
+    one of ``fields`` is one line naming ``file:line`` and the stage to rerun."""
+    path = Path(path)
+    if not path.is_file():
+        raise LineageError(_missing(path))
+    rows = []
+    for i, row in iter_jsonl(path):
+        lacking = [f for f in fields if f not in row]
+        if lacking:
+            raise LineageError(f"{path}:{i}: damaged (no {lacking[0]!r} field); {rerun_hint(path)}")
+        rows.append(row)
+    return rows
+
+
+def load_safetensors(path: str | Path, device: str = "cpu") -> dict[str, Any]:
+    """The tensors of a safetensors file; missing or damaged is one line naming it and the stage."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise LineageError(_missing(path))
+    try:
+        return load_file(str(path), device=device)
+    except Exception as e:  # safetensors raises its own error types for a damaged header or size
+        reason = (str(e).splitlines() or [""])[0][:120]
+        raise LineageError(f"{path}: corrupted ({type(e).__name__}: {reason}); {rerun_hint(path)}") from None
 
 
 def list_shards(directory: str | Path) -> list[Path]:

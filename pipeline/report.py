@@ -27,6 +27,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import LineageError
+from pipeline.io import read_json, rerun_hint
+
 NOT_RUN = "not run"
 THIS_EXECUTION = "this execution"
 SEEDS_DEP = "metrics/seeds"  # seed groups (`lineage seeds`): the report reads them too (a dep in dvc.yaml)
@@ -672,8 +675,11 @@ def read_csv(path: Path) -> list[dict[str, Any]]:
         except ValueError:
             return v
 
-    with path.open(newline="") as fh:
-        return [{k: num(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            return [{k: num(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+    except (UnicodeDecodeError, csv.Error, TypeError) as e:  # TypeError: a row longer than the header
+        raise LineageError(f"{path}: damaged ({type(e).__name__}); {rerun_hint(path)}") from None
 
 
 def _axes(plot: Plot) -> tuple[Any, Any]:
@@ -882,7 +888,7 @@ def build(
             if spec is not None:
                 rep.sections.append((stage, spec.title, [("", NOT_RUN + in_pipeline)]))
             continue
-        flat = flats[stage] = flatten(json.loads(path.read_text()))
+        flat = flats[stage] = flatten(read_json(path))
         wall, overhead = flat.get("perf/wall_s"), flat.get("perf/flow_overhead_s")
         origin = (origins or {}).get(stage, THIS_EXECUTION if origins is None else "unknown")
         if origin == THIS_EXECUTION:
@@ -913,7 +919,7 @@ def build(
             plt.close(fig)
             rep.figures.append((plot.name, f"{stage}: {plot.title}"))
         if spec.samples and (root / "data" / stage / spec.samples).is_file():
-            rep.dropped += dropped_rows(stage, json.loads((root / "data" / stage / spec.samples).read_text()))
+            rep.dropped += dropped_rows(stage, read_json(root / "data" / stage / spec.samples))
     reused = sum(1 for t in rep.timings if t[3] and t[3] != THIS_EXECUTION)
     rep.timings.append((
         "total", fmt(total_wall, "s"), fmt(total_overhead, "s"),

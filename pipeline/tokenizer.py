@@ -16,7 +16,6 @@ Token files, one set per split in one folder (``meta.json`` beside them names th
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -302,13 +301,14 @@ class TokenData:
 
 
 def read_meta(directory: str | Path) -> dict[str, Any]:
+    from pipeline.io import read_json
+
     path = Path(directory) / "meta.json"
-    if not path.is_file():
-        raise LineageError(f"{path}: missing (run the tokenize stage first)")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise LineageError(f"{path}: not valid JSON: {e}") from None
+    meta = read_json(path, ("dtype",))
+    if meta["dtype"] not in ("uint16", "uint32") or not isinstance(meta.get("sources", []), list):
+        raise LineageError(f"{path}: damaged (dtype {str(meta['dtype'])[:20]!r} or sources); "
+                           "rerun `dvc repro -f tokenize`")  # fmt: skip
+    return meta
 
 
 def open_tokens(directory: str | Path, split: str, dtype: str | np.dtype | None = None) -> TokenData:

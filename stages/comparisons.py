@@ -14,7 +14,6 @@ with another ``noise`` ranks the same samples again without generating them.
 
 from __future__ import annotations
 
-import json
 import random
 import sys
 from typing import Any
@@ -33,8 +32,9 @@ PART = 256  # prompts per resumable part
 
 def body(ctx: StageContext) -> dict[str, Any]:
     from pipeline.feedback.chat import ChatTokens
-    from pipeline.feedback.data import read_jsonl, read_split, write_jsonl
+    from pipeline.feedback.data import COMPARISON_FIELDS, read_jsonl, read_split, write_jsonl
     from pipeline.feedback.labeler import judge, pair_agreement, rank
+    from pipeline.io import read_json
     from pipeline.model.export import load_model
     from pipeline.model.reward import check_tokenizer, tokenizer_sha256
     from pipeline.progress import Progress
@@ -45,7 +45,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
     cfg, seed = ctx.params.comparisons, ctx.params.common.seed
     inst = ctx.input("instructions")
     if cfg.source == "data":
-        rows = read_jsonl(inst / "comparisons.jsonl")
+        rows = read_jsonl(inst / "comparisons.jsonl", COMPARISON_FIELDS)
         if not rows:
             raise LineageError(
                 "comparisons.source: data, but instructions.comparisons gave no comparisons; set it"
@@ -65,7 +65,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
     tok_file = ctx.input("tokenize", "tokenizer.json")
     chat = ChatTokens(load_tokenizer(tok_file), str(tok_file))
     sft_dir = ctx.input("sft", "model")
-    check_tokenizer(json.loads((sft_dir / "chat.json").read_text()).get("tokenizer_sha256"),
+    check_tokenizer(read_json(sft_dir / "chat.json", ("tokenizer_sha256",))["tokenizer_sha256"],
                     tokenizer_sha256(tok_file), str(sft_dir))  # fmt: skip
     device = device_for(cfg.device)
     model = load_model(sft_dir, device).eval()

@@ -17,7 +17,7 @@ from typing import Any
 from pipeline.errors import LineageError
 from pipeline.eval.config import EvaluateConfig
 from pipeline.eval.scoring import read_task_dir, task_accuracy, validate_items
-from pipeline.io import write_csv, write_json
+from pipeline.io import read_json, write_csv, write_json
 from pipeline.stage import StageContext, main
 
 HEADLINE = [
@@ -133,13 +133,12 @@ def find_models(ctx: StageContext, cfg: EvaluateConfig) -> list[tuple[str, Any]]
 
 def load_finetuned_trunk(directory: Path) -> Any:
     """The GPT inside a fine-tuned classifier (its head left out): what language modelling sees."""
-    from safetensors.torch import load_file
-
+    from pipeline.io import load_safetensors, read_json
     from pipeline.model.gpt import GPT, GPTConfig
 
-    config = json.loads((directory / "config.json").read_text())
+    config = read_json(directory / "config.json", ("gpt",))
     gpt = GPT(GPTConfig.from_dict(config["gpt"]))
-    tensors = {k.removeprefix("gpt."): v for k, v in load_file(str(directory / "model.safetensors")).items()
+    tensors = {k.removeprefix("gpt."): v for k, v in load_safetensors(directory / "model.safetensors").items()
                if k.startswith("gpt.")}  # fmt: skip
     missing, unexpected = gpt.load_state_dict(tensors, strict=False)
     if unexpected or [k for k in missing if k != "lm_head.weight"]:
@@ -167,7 +166,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
     meta = read_meta(tok_dir)
     device = device_for(cfg.device)
     docs = read_docs(ctx.input("mix", "val"))
-    block_size = json.loads((ctx.input("pretrain", "model") / "config.json").read_text())["block_size"]
+    block_size = read_json(ctx.input("pretrain", "model") / "config.json", ("block_size",))["block_size"]
     tasks = build_tasks(ctx, cfg, seed, docs, encode, block_size)
     for name, t in tasks.items():
         need = max(cfg.num_fewshot) + 1
@@ -252,7 +251,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
     final = next((loader for n, loader in models if n == "pretrain"), None)
     if final is not None and cfg.curve_tasks:
         final_model = final()
-        pm = json.loads((ctx.input("pretrain", "model") / "config.json").read_text())
+        pm = read_json(ctx.input("pretrain", "model") / "config.json")
         key, final_step = _pretrain_steps(ctx)
         kept = kept_checkpoints(ctx.root, pm, key)
         points = [(step, lambda p=p: load_kept(p, pm)) for step, p in kept]

@@ -12,10 +12,17 @@ from __future__ import annotations
 import json
 import random
 import sys
+from collections import Counter
 from typing import Any
 
+from pipeline.errors import LineageError
 from pipeline.stage import StageContext, main
 
+DROP_REASONS = {
+    "too_long": "longer than max_chars",
+    "identical_responses": "with identical responses ranked apart (chosen == rejected)",
+    "contradictory": "ranking a pair of responses opposite to another record",
+}
 HEADLINE = ["prompts/*=splits/*/prompts", "real_comparisons=comparisons", "families"]
 
 
@@ -31,9 +38,16 @@ def body(ctx: StageContext) -> dict[str, Any]:
     from pipeline.feedback.suite import build_suite
 
     cfg, seed = ctx.params.instructions, ctx.params.common.seed
+    dropped: dict[str, Counter] = {"demonstrations": Counter(), "comparisons": Counter()}
     if cfg.demonstrations is not None:
-        records, origin = read_records(cfg.demonstrations, ctx.root, "instructions.demonstrations")
-        demos = demonstrations(records, cfg.demonstrations.layout, origin)
+        src = cfg.demonstrations
+        records, origin = read_records(src, ctx.root, "instructions.demonstrations")
+        demos = demonstrations(records, src.layout, origin, src.max_chars, dropped["demonstrations"])
+        if not demos:
+            raise LineageError(
+                f"{origin}: every demonstration is longer than instructions.demonstrations.max_chars "
+                f"({src.max_chars} characters); raise it"
+            )
         random.Random(seed).shuffle(demos)
         pools = {"demo": demos}
     else:
@@ -47,9 +61,14 @@ def body(ctx: StageContext) -> dict[str, Any]:
     check_disjoint(splits)
     real: list[dict[str, Any]] = []
     if cfg.comparisons is not None:
-        records, origin = read_records(cfg.comparisons, ctx.root, "instructions.comparisons")
+        src = cfg.comparisons
+        records, origin = read_records(src, ctx.root, "instructions.comparisons")
         taught = {json.dumps(ex["messages"], sort_keys=True) for s in ("sft", "eval") for ex in splits[s]}
-        real = [c for c in comparisons(records, cfg.comparisons.layout, origin) if c["group"] not in taught]
+        real = [
+            c
+            for c in comparisons(records, src.layout, origin, src.max_chars, dropped["comparisons"])
+            if c["group"] not in taught
+        ]
     for name, items in splits.items():
         write_jsonl(ctx.out / f"{name}.jsonl", items)
     write_jsonl(ctx.out / "comparisons.jsonl", real)
@@ -62,6 +81,11 @@ def body(ctx: StageContext) -> dict[str, Any]:
     }
     if short:
         print(f"instructions: some families ran out of distinct prompts: {short}", file=sys.stderr)
+    for what, counts in dropped.items():
+        if counts:
+            why = ", ".join(f"{n} {DROP_REASONS[k]}" for k, n in sorted(counts.items()) if n)
+            if why:
+                print(f"instructions: dropped {what}: {why}", file=sys.stderr)
     return {
         "families": len(pools),
         "pool": {f: len(v) for f, v in pools.items()},
@@ -71,6 +95,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
         },
         "shortfall": short,
         "comparisons": len(real),
+        "dropped": {what: dict(counts) for what, counts in dropped.items()},
     }
 
 

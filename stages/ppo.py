@@ -47,7 +47,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
     from pipeline.feedback.chat import ChatTokens
     from pipeline.feedback.data import read_jsonl, read_split, samples_md
     from pipeline.feedback.labeler import judge, summarize
-    from pipeline.io import write_csv
+    from pipeline.io import read_json, write_csv
     from pipeline.model.export import load_model, save_model
     from pipeline.model.reward import check_tokenizer, load_reward_model, tokenizer_sha256
     from pipeline.progress import Phases, Progress
@@ -67,8 +67,8 @@ def body(ctx: StageContext) -> dict[str, Any]:
         ctx.input("reward", "model"),
         ctx.input("pretrain", "model"),
     )
-    sft_sha = json.loads((sft_dir / "chat.json").read_text()).get("tokenizer_sha256")
-    rm_sha = json.loads((rm_dir / "reward.json").read_text()).get("tokenizer_sha256")
+    sft_sha = read_json(sft_dir / "chat.json", ("tokenizer_sha256",))["tokenizer_sha256"]
+    rm_sha = read_json(rm_dir / "reward.json", ("tokenizer_sha256",))["tokenizer_sha256"]
     if sft_sha != rm_sha:
         raise LineageError(
             f"{rm_dir}: the reward model was built on another tokenizer than the policy {sft_dir} "
@@ -206,7 +206,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
                                                         judged["sft"], runs["ppo"]["rm"], runs["sft"]["rm"],
                                                         strict=True)]  # fmt: skip
     # SFT against the few-shot pretrained model: the answers the sft stage wrote, on the same test prompts
-    sft_rows = {r["id"]: r for r in read_jsonl(ctx.input("sft", "eval.jsonl"))}
+    sft_rows = {r["id"]: r for r in read_jsonl(ctx.input("sft", "eval.jsonl"), ("id", "response", "fewshot"))}
     pairs = [(judge(ex, sft_rows[ex["id"]]["response"]).score, judge(ex, sft_rows[ex["id"]]["fewshot"]).score)
              for ex in test_ex if ex["id"] in sft_rows]  # fmt: skip
     ev["sft_vs_fewshot"] = win_rate([a for a, _ in pairs], [b for _, b in pairs], seed) if pairs else {}

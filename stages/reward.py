@@ -14,7 +14,6 @@ tokenizer: the model refuses to load with another) and ``plots/``. Resumable.
 
 from __future__ import annotations
 
-import json
 import random
 import sys
 from typing import Any
@@ -36,8 +35,8 @@ def body(ctx: StageContext) -> dict[str, Any]:
 
     from pipeline.eval.inputs import check_vocab
     from pipeline.feedback.chat import ChatTokens
-    from pipeline.feedback.data import read_jsonl, read_split
-    from pipeline.io import write_csv
+    from pipeline.feedback.data import COMPARISON_FIELDS, read_jsonl, read_split
+    from pipeline.io import read_json, write_csv
     from pipeline.model.export import load_model
     from pipeline.model.reward import RewardModel, check_tokenizer, save_reward_model, tokenizer_sha256
     from pipeline.progress import Phases
@@ -61,12 +60,12 @@ def body(ctx: StageContext) -> dict[str, Any]:
     chat = ChatTokens(load_tokenizer(tok_file), str(tok_file))
     sft_dir = ctx.input("sft", "model")
     check_tokenizer(
-        json.loads((sft_dir / "chat.json").read_text()).get("tokenizer_sha256"), sha, str(sft_dir)
+        read_json(sft_dir / "chat.json", ("tokenizer_sha256",))["tokenizer_sha256"], sha, str(sft_dir)
     )
     sft = load_model(sft_dir)
     check_vocab(sft.config.vocab_size, chat.tok, str(sft_dir))
     block = sft.config.block_size
-    rows = read_jsonl(ctx.input("comparisons", "comparisons.jsonl"))
+    rows = read_jsonl(ctx.input("comparisons", "comparisons.jsonl"), COMPARISON_FIELDS)
     for i, r in enumerate(rows):
         if len(r["responses"]) < 2:
             raise LineageError(

@@ -206,7 +206,7 @@ def test_demonstrations_from_parquet_and_gz(tmp_path: Path) -> None:
 def test_a_demonstration_without_an_assistant_turn_is_one_clear_error(tmp_path: Path) -> None:
     rows = [{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]},
             {"messages": [{"role": "user", "content": "Only a question"}]}]  # fmt: skip
-    with pytest.raises(LineageError, match=r"d\.jsonl: record 1 has no assistant turn") as e:
+    with pytest.raises(LineageError, match=r"d\.jsonl:2 has no assistant turn") as e:
         load(tmp_path, rows)
     assert "\n" not in str(e.value)
     with pytest.raises(LineageError, match="empty assistant response"):

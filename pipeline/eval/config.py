@@ -6,9 +6,10 @@ cannot (each such choice says why beside it).
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from pipeline.section import NAME_RE, Section
 
@@ -131,5 +132,27 @@ class EvaluateConfig(Section):
         if bad:
             raise ValueError(
                 f"unknown model(s) {bad}; expected stages among {sorted(known)} (finetune/<task> for one)"
+            )
+        bad = [m for m in v if "/" in m and (m.split("/")[0] != "finetune" or not re.match(NAME_RE, m[9:]))]
+        if bad:
+            raise ValueError(
+                f"{bad[0]!r}: only finetune names one of its models (finetune/<task>); "
+                f"{bad[0].split('/')[0]} has one model, named {bad[0].split('/')[0]!r}"
+            )
+        return v
+
+    @field_validator("curve_tasks")
+    @classmethod
+    def _curve(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        """Set by hand, every curve task is one the stage builds (the default skips those it does not)."""
+        from pathlib import Path
+
+        tasks = info.data.get("tasks", [])
+        folders = {Path(e).name for e in info.data.get("external", []) if not e.endswith((".yaml", ".yml"))}
+        unknown = [t for t in v if t not in tasks and t not in folders]
+        if unknown:
+            raise ValueError(
+                f"{unknown[0]!r} is not among evaluate.tasks (or an external task folder); the curve "
+                f"scores tasks the stage builds: {', '.join(tasks) or 'none'}"
             )
         return v

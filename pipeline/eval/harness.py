@@ -42,14 +42,34 @@ def task_config(task: str, data_dir: Path) -> dict[str, Any]:
     path = TASKS_DIR / f"lineage_{task}.yaml"
     if not path.is_file():
         raise LineageError(f"evaluate.tasks: no task {task!r} (no {path.relative_to(TASKS_DIR.parents[2])})")
-    cfg = yaml.safe_load(path.read_text())
+    cfg = read_yaml(path, "evaluate.tasks")
     include = cfg.pop("include", None)
     if include:
-        cfg = {**yaml.safe_load((path.parent / include).read_text()), **cfg}
+        cfg = {**read_yaml(path.parent / include, "evaluate.tasks"), **cfg}
     cfg["dataset_kwargs"] = {
         "data_files": {side: str(Path(data_dir) / task / f"{side}.jsonl") for side in ("train", "test")}
     }
     return cfg
+
+
+def read_yaml(path: Path, key: str) -> dict[str, Any]:
+    """A task YAML as a mapping; unreadable, malformed or not a mapping is one line naming it. lm-eval's
+    own tags (``!function``) are kept as text: lm-eval resolves them when it loads the task."""
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_multi_constructor("!", lambda loader, tag, node: f"{tag} {getattr(node, 'value', '')}")
+    try:
+        data = yaml.load(Path(path).read_bytes().decode("utf-8"), Loader=Loader)  # noqa: S506 - a SafeLoader
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        reason = " ".join(str(e).split())[:160]
+        raise LineageError(
+            f"{key}: {path} is not a readable task YAML ({type(e).__name__}: {reason})"
+        ) from None
+    if not isinstance(data, dict):
+        raise LineageError(f"{key}: {path} is not a task YAML (a mapping of keys to values)")
+    return data
 
 
 def task_manager(external: list[str]) -> Any:
@@ -71,8 +91,8 @@ def check_external(tm: Any, external: list[str]) -> list[str]:
             path = Path(e)
             if not path.is_file():
                 raise LineageError(f"evaluate.external: {e} not found")
-            cfg = yaml.safe_load(path.read_text()) or {}
-            if "task" not in cfg:
+            cfg = read_yaml(path, "evaluate.external")
+            if not isinstance(cfg.get("task"), str):
                 raise LineageError(f"evaluate.external: {e} has no `task:` name")
             names.append(cfg["task"])
         elif e in tm.all_tasks:

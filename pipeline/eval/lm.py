@@ -77,6 +77,8 @@ def kept_checkpoints(
     """(step, path) of the kept pretraining checkpoints of the run that made the final model: the
     run named by ``run_key`` when pretrain records it, else the most recently written run folder
     whose checkpoints have the final model's config."""
+    from pipeline.train.checkpoint import load_checkpoint
+
     base = root / "checkpoints" / "pretrain"
     if not base.is_dir():
         return []
@@ -87,7 +89,7 @@ def kept_checkpoints(
         found = sorted((int(m.group(1)), p) for p in run.glob("step_*.pt") if (m := STEP_RE.match(p.name)))
         if not found:
             continue
-        state = torch.load(found[-1][1], map_location="cpu", weights_only=True)
+        state = load_checkpoint(found[-1][1])  # a damaged or pickled file: one line naming it
         if state.get("model_config") == model_config:
             return found
     return []

@@ -127,22 +127,46 @@ def read_task_dir(directory: Path) -> tuple[str, list[dict], list[dict]]:
         if not path.is_file():
             raise LineageError(f"{path}: missing (a task folder holds train.jsonl and test.jsonl)")
         sides.append([row for _, row in iter_jsonl(path)])
-    kind = "choice" if sides[1] and "choices" in sides[1][0] else "greedy"
+        if not sides[-1]:
+            raise LineageError(f"{path}: no items{_hint(path)}")
+    kind = "choice" if "choices" in sides[1][0] else "greedy"
     for side, items in zip(("train", "test"), sides, strict=True):
         validate_items(kind, items, directory / f"{side}.jsonl")
     return kind, sides[0], sides[1]
 
 
+def _hint(path: Path | str) -> str:
+    from pipeline.io import rerun_hint, stage_of
+
+    return f"; {rerun_hint(path)}" if isinstance(path, Path) and stage_of(path) else ""
+
+
 def validate_items(kind: str, items: list[dict[str, Any]], where: Path | str) -> None:
+    """Every item has its kind's fields with the right types: text context (and completion), two or
+    more text choices and a label among them; one line naming ``where`` and the line otherwise."""
     if not items:
-        raise LineageError(f"{where}: no items")
+        raise LineageError(f"{where}: no items{_hint(where)}")
     for i, it in enumerate(items, start=1):
         for f in TASK_FIELDS[kind]:
             if f not in it or it[f] is None:
                 raise LineageError(
-                    f"{where}: line {i} has no {f!r} field (a {kind} task needs {', '.join(TASK_FIELDS[kind])})"
+                    f"{where}: line {i} has no {f!r} field (a {kind} task needs "
+                    f"{', '.join(TASK_FIELDS[kind])}){_hint(where)}"
                 )
+        for f in ("context", "completion"):
+            if f in TASK_FIELDS[kind] and not isinstance(it[f], str):
+                raise LineageError(f"{where}: line {i}: {f} must be a string{_hint(where)}")
         if kind == "choice":
-            lab, n = it["label"], len(it["choices"])
+            choices = it["choices"]
+            if (
+                not isinstance(choices, list)
+                or len(choices) < 2
+                or not all(isinstance(c, str) for c in choices)
+            ):
+                raise LineageError(
+                    f"{where}: line {i}: choices must be a list of two or more strings, got "
+                    f"{type(choices).__name__}{_hint(where)}"
+                )
+            lab, n = it["label"], len(choices)
             if isinstance(lab, bool) or not isinstance(lab, int) or not 0 <= lab < n:
                 raise LineageError(f"{where}: line {i}: label {lab!r} is outside the label set 0..{n - 1}")

@@ -31,6 +31,9 @@ class DataSource(Section):
     split: str = "train"
     layout: str = "auto"  # narrowed per use below
     max_records: int | None = Field(None, ge=1)
+    # characters of one example (prompt turns + response; each response of a comparison): longer
+    # ones are dropped and counted, never cut (a cut response would teach a truncated answer)
+    max_chars: int = Field(20_000, ge=1)
 
     @model_validator(mode="after")
     def _one_origin(self) -> DataSource:
@@ -153,7 +156,9 @@ class PpoConfig(Section):
     for samples of the policy itself."""
 
     steps: int = Field(40, ge=1)  # rollout batches (PPO iterations)
-    seed: int | None = None  # this run's own seed (rollouts, minibatch order, ptx windows); None =
+    seed: int | None = Field(
+        None, ge=0, le=2**32 - 1
+    )  # this run's own seed (rollouts, minibatch order, ptx windows); None =
     # common.seed. The validation/test prompts and their sampling stay on common.seed, so seeds compare alike
     rollout_prompts: int = Field(32, ge=1)  # episodes per rollout batch
     minibatch_size: int = Field(8, ge=1)  # episodes per optimiser step

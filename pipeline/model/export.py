@@ -59,7 +59,7 @@ def save_model(model: GPT, directory: Path) -> None:
 
 def load_model(directory: Path, map_location: str | torch.device = "cpu") -> GPT:
     """Rebuild a model saved by :func:`save_model`; LineageError if anything does not fit."""
-    from safetensors.torch import load_file
+    from pipeline.io import load_safetensors, read_json, rerun_hint
 
     directory = Path(directory)
     weights, config_path = directory / WEIGHTS, directory / CONFIG
@@ -67,13 +67,14 @@ def load_model(directory: Path, map_location: str | torch.device = "cpu") -> GPT
         if not path.is_file():
             raise LineageError(f"model checkpoint incomplete: {path} not found")
     try:
-        config = GPTConfig.from_dict(json.loads(config_path.read_text()))
-    except (ValueError, TypeError) as exc:
-        raise LineageError(f"invalid model config {config_path}: {_one_line(exc)}") from None
-    try:
-        tensors = load_file(str(weights), device=str(map_location))
-    except Exception as exc:  # safetensors raises its own error types for a damaged file
-        raise LineageError(f"cannot read {weights} (corrupted?): {_one_line(exc)}") from None
+        config = GPTConfig.from_dict(read_json(config_path))
+    except LineageError as exc:
+        raise LineageError(f"invalid model config {exc}") from None
+    except (ValueError, TypeError, KeyError) as exc:
+        raise LineageError(
+            f"invalid model config {config_path}: {_one_line(exc)}; {rerun_hint(config_path)}"
+        ) from None
+    tensors = load_safetensors(weights, str(map_location))
 
     model = GPT(config)
     expected = {k: v for k, v in model.state_dict().items() if k != TIED}

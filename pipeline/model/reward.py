@@ -67,18 +67,22 @@ def load_reward_model(
     directory: Path, tokenizer_sha: str, map_location: str | torch.device = "cpu"
 ) -> RewardModel:
     """The reward model in ``directory``; LineageError if it was built on another tokenizer."""
-    from safetensors.torch import load_file
-
+    from pipeline.io import load_safetensors, read_json, rerun_hint
     from pipeline.model.export import load_model
 
     directory = Path(directory)
     meta_path = directory / META
     if not meta_path.is_file() or not (directory / HEAD).is_file():
         raise LineageError(f"{directory}: not a reward model ({META} or {HEAD} missing)")
-    meta = json.loads(meta_path.read_text())
+    meta = read_json(meta_path, ("tokenizer_sha256",))
     check_tokenizer(meta.get("tokenizer_sha256"), tokenizer_sha, str(directory))
     model = RewardModel(load_model(directory, map_location))
-    model.head.load_state_dict(load_file(str(directory / HEAD), device=str(map_location)))
+    try:
+        model.head.load_state_dict(load_safetensors(directory / HEAD, str(map_location)))
+    except RuntimeError as e:  # missing or misshapen tensors
+        raise LineageError(
+            f"{directory / HEAD}: damaged ({str(e).splitlines()[0][:120]}); {rerun_hint(directory / HEAD)}"
+        ) from None
     return model
 
 
