@@ -1,0 +1,93 @@
+"""Failures that must not cost or corrupt a result: diverged training stops with one line and leaves
+nothing behind, a finished run rerun reports its own figures, damaged token files and remote copies
+are refused, a full disk is one line with no temporary files left, killed MLflow runs are closed,
+credentials never reach a log, and a lost Prefect server does not lose the stage's work."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.errors import LineageError
+from pipeline.model import GPT, GPTConfig
+from pipeline.train.supervised import SupervisedConfig, SupervisedTrainer, lm_loss
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+VOCAB = 16
+
+
+def tiny_gpt(seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(arch="gpt2", vocab_size=VOCAB, block_size=8, n_layer=1, n_head=2, n_embd=16))
+
+
+def lm_batches(epoch: int) -> list[dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(epoch)
+    return [{"tokens": torch.randint(0, VOCAB, (4, 9), generator=g)} for _ in range(4)]
+
+
+def supervised(tmp: Path, log=None, **over) -> SupervisedTrainer:
+    cfg = SupervisedConfig(**{"lr": 1e-3, "epochs": 2, "log_interval": 1, "dtype": "float32", **over})
+    return SupervisedTrainer(tiny_gpt(), lm_loss, lm_batches, cfg, checkpoint=tmp / "ckpt.pt", log=log)
+
+
+# ------------------------------------------------------------------------------ diverged training
+def _pretrain(tmp: Path) -> None:
+    from tests.test_train import make_trainer
+
+    make_trainer(tmp, lr=1e30, min_lr=1e29, max_steps=6, checkpoint_interval=2).run(peak_flops=1e11)
+
+
+def _supervised(tmp: Path) -> None:
+    logged: list[float] = []
+    try:
+        supervised(tmp, log=lambda m, step: logged.extend(m.values()), lr=1e30, checkpoint_interval=1).run()
+    finally:  # what reached MLflow: never a NaN (stored as 0.0 by some stores)
+        assert all(math.isfinite(v) for v in logged)
+
+
+def _ppo(tmp: Path) -> None:
+    from tests.test_ppo import cfg, trainer
+
+    trainer(cfg(lr=1e30, value_lr=1e30, steps=4, checkpoint_interval=1), checkpoint=tmp / "ckpt.pt").run()
+
+
+@pytest.mark.parametrize("run", [_pretrain, _supervised, _ppo], ids=["pretrain", "sft-finetune-reward", "ppo"])
+def test_a_diverged_run_stops_with_one_line_naming_the_step_and_saves_nothing_after_it(tmp_path, run):
+    with pytest.raises(LineageError, match=r"(nan|inf|not finite).* step \d+: training diverged") as e:
+        run(tmp_path)
+    assert "\n" not in str(e.value)
+    if (tmp_path / "ckpt.pt").exists():  # a checkpoint saved before the divergence holds finite weights
+        state = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+        assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+
+
+def test_a_starting_model_with_nan_weights_is_refused_before_training(tmp_path):
+    model = tiny_gpt()
+    with torch.no_grad():
+        model.lm_head.weight[0, 0] = float("nan")
+    cfg = SupervisedConfig(lr=1e-3, epochs=1, dtype="float32")
+    with pytest.raises(LineageError, match="starting model is not finite"):
+        SupervisedTrainer(model, lm_loss, lm_batches, cfg, checkpoint=tmp_path / "ckpt.pt")
+
+
+def test_a_nan_reward_bias_shift_is_refused():
+    from pipeline.train.finite import check_value
+
+    with pytest.raises(LineageError, match="bias_shift.* is nan"):
+        check_value(float("nan"), "bias_shift")
+
+
+# ------------------------------------------------------------------- a finished run, rerun
+def test_a_finished_supervised_run_resumed_at_its_end_reports_its_own_train_figures(tmp_path):
+    first = supervised(tmp_path).run()
+    again = supervised(tmp_path)
+    assert again.step == again.total_steps  # resumed at the end: no step is taken
+    second = again.run()
+    assert math.isfinite(second["train/loss"])
+    assert second["train/loss"] == first["train/loss"]
+    assert second["train/lr"] == first["train/lr"]
