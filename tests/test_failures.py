@@ -91,3 +91,23 @@ def test_a_finished_supervised_run_resumed_at_its_end_reports_its_own_train_figu
     assert math.isfinite(second["train/loss"])
     assert second["train/loss"] == first["train/loss"]
     assert second["train/lr"] == first["train/lr"]
+
+
+# ----------------------------------------------------------------------------- damaged token files
+@pytest.mark.parametrize("split", ["train", "val"])  # ppo's ptx reads train.bin; evaluate and ppo read val.bin
+def test_a_token_id_past_the_vocabulary_is_refused_when_the_file_is_opened(tmp_path, split):
+    import json
+
+    import numpy as np
+
+    from pipeline.tokenizer import open_tokens, token_dtype, write_tokens
+
+    write_tokens(tmp_path, split, [[5, 6, 7], [8, 9]], [0, 0], 500, eot_id=0)
+    (tmp_path / "meta.json").write_text(json.dumps({"dtype": token_dtype(500).name, "vocab_size": 500}))
+    assert open_tokens(tmp_path, split).tokens.tolist() == [5, 6, 7, 0, 8, 9, 0]
+    ids = np.memmap(tmp_path / f"{split}.bin", dtype="<u2", mode="r+")
+    ids[4] = 60000
+    ids.flush()
+    del ids
+    with pytest.raises(LineageError, match=rf"{split}\.bin: token id 60000 is outside the vocabulary of 500"):
+        open_tokens(tmp_path, split)
