@@ -56,7 +56,9 @@ def _ppo(tmp: Path) -> None:
     trainer(cfg(lr=1e30, value_lr=1e30, steps=4, checkpoint_interval=1), checkpoint=tmp / "ckpt.pt").run()
 
 
-@pytest.mark.parametrize("run", [_pretrain, _supervised, _ppo], ids=["pretrain", "sft-finetune-reward", "ppo"])
+@pytest.mark.parametrize(
+    "run", [_pretrain, _supervised, _ppo], ids=["pretrain", "sft-finetune-reward", "ppo"]
+)
 def test_a_diverged_run_stops_with_one_line_naming_the_step_and_saves_nothing_after_it(tmp_path, run):
     with pytest.raises(LineageError, match=r"(nan|inf|not finite).* step \d+: training diverged") as e:
         run(tmp_path)
@@ -94,7 +96,9 @@ def test_a_finished_supervised_run_resumed_at_its_end_reports_its_own_train_figu
 
 
 # ----------------------------------------------------------------------------- damaged token files
-@pytest.mark.parametrize("split", ["train", "val"])  # ppo's ptx reads train.bin; evaluate and ppo read val.bin
+@pytest.mark.parametrize(
+    "split", ["train", "val"]
+)  # ppo's ptx reads train.bin; evaluate and ppo read val.bin
 def test_a_token_id_past_the_vocabulary_is_refused_when_the_file_is_opened(tmp_path, split):
     import json
 
@@ -111,3 +115,72 @@ def test_a_token_id_past_the_vocabulary_is_refused_when_the_file_is_opened(tmp_p
     del ids
     with pytest.raises(LineageError, match=rf"{split}\.bin: token id 60000 is outside the vocabulary of 500"):
         open_tokens(tmp_path, split)
+
+
+# ---------------------------------------------------------------------------------- a full disk
+def _enospc(path: object) -> OSError:
+    import errno
+    import os
+
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_leaves_no_temporary_file(
+    tmp_path, monkeypatch, capsys
+):
+    import yaml
+
+    from pipeline.stage import main
+    from pipeline.train import checkpoint
+    from tests.conftest import files_params
+
+    def save(state, path):  # the disk fills halfway through the file
+        Path(path).write_bytes(b"PK\x03\x04 half a checkpoint")
+        raise _enospc(path)
+
+    monkeypatch.setattr(checkpoint.torch, "save", save)
+
+    def body(ctx):
+        (ctx.out / "model.bin").write_bytes(b"weights")
+        checkpoint.save_checkpoint(ctx.root / "checkpoints" / "sft" / "run" / "ckpt.pt", {"model": {}})
+        return {}
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(files_params(tmp_path)))
+    rc = main("sft", body, ["--root", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err and err.count("\n") == 1
+    assert "error: sft: the disk is full writing " in err and ".ckpt.pt.tmp-" in err
+    left = [p for p in tmp_path.rglob("*") if ".tmp" in p.name]
+    assert left == [] and not (tmp_path / "data" / "sft").exists()
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        RuntimeError(
+            "[enforce fail at inline_container.cc:603] . PytorchStreamWriter failed writing file"
+            " data/0: file write failed"
+        ),
+        RuntimeError("database or disk is full"),  # SQLite under MLflow (sqlalchemy's OperationalError)
+        Exception("I/O error: No space left on device (os error 28)"),  # safetensors
+    ],
+    ids=["torch-caused-by-enospc", "sqlite", "safetensors"],
+)
+def test_a_full_disk_met_by_any_writer_is_one_line(tmp_path, monkeypatch, capsys, exc):
+    import yaml
+
+    from pipeline.stage import main
+    from tests.conftest import files_params
+
+    def body(ctx):
+        try:
+            raise _enospc(ctx.out / "model.safetensors")
+        except OSError as e:
+            if "PytorchStreamWriter" in str(exc):
+                raise exc from e
+            raise exc from None
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(files_params(tmp_path)))
+    rc = main("pretrain", body, ["--root", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1 and err.startswith("error: pretrain: the disk is full")
