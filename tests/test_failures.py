@@ -184,3 +184,60 @@ def test_a_full_disk_met_by_any_writer_is_one_line(tmp_path, monkeypatch, capsys
     rc = main("pretrain", body, ["--root", str(tmp_path)])
     err = capsys.readouterr().err
     assert rc == 1 and err.count("\n") == 1 and err.startswith("error: pretrain: the disk is full")
+
+
+# --------------------------------------------------------------------------- credentials in URLs
+SECRET_URL = "https://ann:s3cretpw@data.example.org/cc/seg.warc.gz?X-Amz-Signature=f00dfeed&part=2"
+SECRET_SEED = "https://example.org/start?access_token=t0ken123&lang=en"
+SECRETS = ("s3cretpw", "f00dfeed", "t0ken123", "hunter2")
+
+
+def _secret_params(tmp: Path):
+    from pipeline.config import parse_params
+    from tests.conftest import files_params
+
+    return parse_params(
+        files_params(
+            tmp,
+            {
+                "common": {"tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}"},
+                "crawl": {
+                    "sources": {
+                        "cc": {"kind": "warc", "paths": [SECRET_URL]},
+                        "site": {
+                            "kind": "http",
+                            "seeds": [SECRET_SEED, "ftp://bob:hunter2@files.example.org/x"],
+                        },
+                    }
+                },
+            },
+        )
+    )
+
+
+def test_redaction_masks_passwords_and_secret_query_values_and_keeps_the_rest():
+    from pipeline.redact import redact
+
+    assert redact(SECRET_URL) == (
+        "https://ann:***@data.example.org/cc/seg.warc.gz?X-Amz-Signature=***&part=2"
+    )
+    assert (
+        redact(f"seeds: ['{SECRET_SEED}']") == "seeds: ['https://example.org/start?access_token=***&lang=en']"
+    )
+    assert redact("no url here: a=b?c") == "no url here: a=b?c"
+
+
+def test_credentials_in_source_urls_reach_neither_mlflow_params_nor_prefect_parameters(tmp_path):
+    import mlflow
+
+    from pipeline.orchestration import flow_run_labels
+    from pipeline.tracking import stage_run
+
+    params = _secret_params(tmp_path)
+    flow_params, _ = flow_run_labels("crawl", params)
+    shown = repr(flow_params)
+    assert "data.example.org/cc/seg.warc.gz" in shown and not any(s in shown for s in SECRETS)
+    with stage_run("crawl", params, tmp_path) as tracker:
+        run_id = tracker.run_id
+    logged = repr(mlflow.MlflowClient().get_run(run_id).data.params)
+    assert "access_token=***" in logged and not any(s in logged for s in SECRETS)
