@@ -252,7 +252,9 @@ def flow_run_labels(stage: str, params: Any) -> tuple[dict[str, Any], list[str]]
         section = getattr(params, stage).model_dump(mode="json")
         parameters.update({f"{stage}.{k}": v for k, v in flatten(section).items()})
         labels.append(f"params:{params.section_hash(stage)}")
-    return parameters, labels
+    from pipeline.redact import redact_value
+
+    return {k: redact_value(v) for k, v in parameters.items()}, labels
 
 
 class Orchestrator:

@@ -17,6 +17,7 @@ from pipeline.config import Params, load_params
 from pipeline.errors import LineageError
 from pipeline.io import atomic_dir, disk_full, remove_stale_temp_dirs, stage_lock, write_json
 from pipeline.orchestration import Orchestrator, prefect_api, setup_env
+from pipeline.redact import redact
 
 
 @dataclass
@@ -249,7 +250,7 @@ def main(
         params = load_params(root / args.params if not Path(args.params).is_absolute() else args.params)
         metrics = run_stage(stage, body, root, params, headline)
     except LineageError as e:
-        print(f"error: {stage}: {e}", file=sys.stderr)
+        print(f"error: {stage}: {redact(str(e))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         _interrupt_watchdog.said.set()  # type: ignore[attr-defined]
@@ -267,7 +268,7 @@ def main(
         if os.environ.get("LINEAGE_DEBUG"):
             traceback.print_exc()
         print(
-            f"error: {stage}: unexpected {one_line(e)} (LINEAGE_DEBUG=1 shows the traceback)",
+            f"error: {stage}: unexpected {redact(one_line(e))} (LINEAGE_DEBUG=1 shows the traceback)",
             file=sys.stderr,
         )
         return 1

@@ -241,3 +241,51 @@ def test_credentials_in_source_urls_reach_neither_mlflow_params_nor_prefect_para
         run_id = tracker.run_id
     logged = repr(mlflow.MlflowClient().get_run(run_id).data.params)
     assert "access_token=***" in logged and not any(s in logged for s in SECRETS)
+
+
+# ------------------------------------------------------------------------- runs killed with -9
+KILLED_MID_STAGE = """
+import os, sys
+from pathlib import Path
+from pipeline.config import parse_params
+from pipeline.tracking import PARENT_ENV, stage_run, start_pipeline_run
+from tests.conftest import files_params
+
+root = Path(sys.argv[1])
+params = parse_params(files_params(root))
+os.environ[PARENT_ENV] = start_pipeline_run(params, root, "lineage run")
+with stage_run("pretrain", params, root):
+    print(os.environ[PARENT_ENV], flush=True)
+    os.kill(os.getpid(), 9)
+"""
+
+
+def test_runs_left_running_by_a_kill_9_are_marked_killed_when_the_next_stage_starts(tmp_path, monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    import mlflow
+
+    from pipeline.config import parse_params
+    from pipeline.tracking import PARENT_ENV, stage_run
+    from tests.conftest import files_params
+
+    monkeypatch.delenv(PARENT_ENV, raising=False)
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    killed = subprocess.run([sys.executable, "-c", KILLED_MID_STAGE, str(tmp_path)], cwd=repo, env=env,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    parent_id = killed.stdout.strip()
+    params = parse_params(files_params(tmp_path))
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(params.common.experiment)
+    before = client.search_runs([exp.experiment_id])
+    assert {r.info.status for r in before} == {"RUNNING"} and len(before) == 2  # the parent and its stage
+
+    with stage_run("finetune", params, tmp_path) as tracker:
+        mine = tracker.run_id
+        after = {r.info.run_id: r.info.status for r in client.search_runs([exp.experiment_id])}
+    assert after.pop(mine) == "RUNNING"  # the live stage's own run is left alone
+    assert parent_id in after and set(after.values()) == {"KILLED"}
