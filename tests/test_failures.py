@@ -289,3 +289,47 @@ def test_runs_left_running_by_a_kill_9_are_marked_killed_when_the_next_stage_sta
         after = {r.info.run_id: r.info.status for r in client.search_runs([exp.experiment_id])}
     assert after.pop(mine) == "RUNNING"  # the live stage's own run is left alone
     assert parent_id in after and set(after.values()) == {"KILLED"}
+
+
+# --------------------------------------------------------------------- a damaged DVC remote copy
+def test_a_file_damaged_in_the_dvc_remote_is_refused_by_lineage_pull_and_named(tmp_path, monkeypatch, capsys):
+    import hashlib
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from pipeline import cli
+
+    repo, remote = tmp_path / "repo", tmp_path / "remote"
+    (repo / "data" / "x").mkdir(parents=True)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+    def sh(*cmd: str) -> None:
+        subprocess.run(cmd, cwd=repo, env=env, check=True, capture_output=True)
+
+    sh("git", "init", "-q")
+    sh("dvc", "init", "-q")
+    shutil.copy(Path(__file__).resolve().parents[1] / ".dvc" / "config", repo / ".dvc" / "config")
+    sh("dvc", "remote", "modify", "local", "url", str(remote))  # the project's remote, its options kept
+    (repo / "data" / "x" / "a.txt").write_text("kept\n")
+    (repo / "data" / "x" / "b.txt").write_text("the weights\n")
+    sh("dvc", "add", "-q", "data/x")
+    sh("dvc", "push", "-q")
+    md5 = hashlib.md5(b"the weights\n").hexdigest()
+    stored = remote / "files" / "md5" / md5[:2] / md5[2:]
+    stored.chmod(0o644)
+    stored.write_text("the weightz\n")  # bit rot in the remote
+    shutil.rmtree(repo / "data" / "x")
+    shutil.rmtree(repo / ".dvc" / "cache")
+
+    monkeypatch.chdir(repo)
+    rc = cli.main(["pull"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err
+    assert "error: lineage: the remote's copy of data/x/b.txt is damaged" in err
+    assert not (repo / "data" / "x" / "b.txt").exists()
+
+    stored.write_text("the weights\n")  # repaired: the same command pulls it
+    assert cli.main(["pull"]) == 0
+    assert (repo / "data" / "x" / "b.txt").read_text() == "the weights\n"
