@@ -333,3 +333,36 @@ def test_a_file_damaged_in_the_dvc_remote_is_refused_by_lineage_pull_and_named(t
     stored.write_text("the weights\n")  # repaired: the same command pulls it
     assert cli.main(["pull"]) == 0
     assert (repo / "data" / "x" / "b.txt").read_text() == "the weights\n"
+
+
+# ------------------------------------------------------------------------ quiet logs under DVC
+def test_lm_eval_builds_its_requests_without_a_progress_bar(capfd):
+    import lm_eval.api.task
+
+    from pipeline.eval import harness
+
+    harness.quiet()
+    for _ in lm_eval.api.task.tqdm(range(50), total=50):  # what lm-eval wraps each task's requests in
+        pass
+    assert capfd.readouterr().err == ""
+
+
+def test_the_kernel_hubs_warnings_stay_out_of_a_stage_log(caplog):
+    import logging
+
+    from pipeline.progress import quiet_logs
+
+    quiet_logs()
+    logging.getLogger("kernels._internals.digest").warning("Cannot cache kernel digest verifications")
+    assert not [r for r in caplog.records if r.name.startswith("kernels")]
+
+
+def test_a_malformed_finetune_file_is_one_line_without_the_datasets_error_lines(tmp_path, capfd):
+    from pipeline.eval.loaders import _read_local
+
+    bad = tmp_path / "train.jsonl"
+    bad.write_text('{"sentence": "fine", "label": 1}\n{"sentence": "broken\n')
+    with pytest.raises(LineageError, match="train.jsonl: cannot read it as"):
+        _read_local("sst2", bad)
+    err = capfd.readouterr().err
+    assert "ERROR" not in err and "Failed to load JSON" not in err
