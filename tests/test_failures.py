@@ -366,3 +366,56 @@ def test_a_malformed_finetune_file_is_one_line_without_the_datasets_error_lines(
         _read_local("sst2", bad)
     err = capfd.readouterr().err
     assert "ERROR" not in err and "Failed to load JSON" not in err
+
+
+# --------------------------------------------------------------- the Prefect server goes mid-stage
+SERVER_DIES_MID_STAGE = """
+import json, os, signal, sys, time
+from pathlib import Path
+import yaml
+from pipeline.orchestration import prefect_server
+from pipeline.stage import main
+from tests.conftest import files_params
+
+root = Path(sys.argv[1])
+params = files_params(root, {"common": {"task_runner": "threads"}})
+(root / "params.yaml").write_text(yaml.safe_dump(params))
+os.environ.pop("PREFECT_API_URL", None)
+
+def body(ctx):
+    first = ctx.orch.map(lambda x: x * x, [1, 2, 3])
+    server = json.loads((root / ".prefect" / "server.json").read_text())
+    os.killpg(server["pid"], signal.SIGKILL)  # `lineage ui` stopped, or `lineage run` killed
+    time.sleep(0.5)
+    second = ctx.orch.map(lambda x: x + 1, [1, 2, 3])
+    (ctx.out / "model.bin").write_bytes(b"trained weights")
+    return {"train": {"loss": 2.5}, "squares": sum(first), "plus_one": sum(second)}
+
+with prefect_server(root) as url:  # the project's shared server, as `lineage ui` runs it
+    assert url, "no Prefect server came up"
+    sys.exit(main("pretrain", body, ["--root", str(root)], headline=["pretrain_loss=train/loss"]))
+"""
+
+
+@pytest.mark.slow
+def test_losing_the_prefect_server_mid_stage_keeps_the_work_and_says_so_once(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(PYTHONPATH=str(repo), LINEAGE_PROGRESS="0")
+    run = subprocess.run([sys.executable, "-c", SERVER_DIES_MID_STAGE, str(tmp_path)], cwd=repo, env=env,
+                         capture_output=True, text=True, timeout=400)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr and "Error logging to API" not in run.stderr
+    said = [line for line in run.stderr.splitlines() if line.strip()]
+    assert (
+        len(said) == 1 and said[0].startswith("prefect: the server at ") and "goes on without it" in said[0]
+    )
+    assert (tmp_path / "data" / "pretrain" / "model.bin").read_bytes() == b"trained weights"
+    metrics = json.loads((tmp_path / "data" / "pretrain" / "metrics.json").read_text())
+    assert metrics["squares"] == 14 and metrics["plus_one"] == 9
+    assert json.loads((tmp_path / "metrics" / "pretrain.json").read_text()) == {"pretrain_loss": 2.5}
