@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import subprocess
 import tempfile
@@ -390,9 +391,12 @@ class Tracker:
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         """With ``step``: points of curves. Without: summary values, logged once and stepless, except
         those a curve already carries (its last point is the summary; a step-0 copy would draw a
-        false first point)."""
+        false first point). NaN and infinities are left out: some stores keep a NaN as 0.0, a
+        figure nobody measured (metrics.json keeps them as they are)."""
         clean = {
-            k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)
+            k: float(v)
+            for k, v in metrics.items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
         }
         if step is not None:
             self.curves.update(clean)

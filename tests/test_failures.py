@@ -260,6 +260,7 @@ with stage_run("pretrain", params, root):
 """
 
 
+@pytest.mark.slow
 def test_runs_left_running_by_a_kill_9_are_marked_killed_when_the_next_stage_starts(tmp_path, monkeypatch):
     import os
     import subprocess
@@ -419,3 +420,20 @@ def test_losing_the_prefect_server_mid_stage_keeps_the_work_and_says_so_once(tmp
     metrics = json.loads((tmp_path / "data" / "pretrain" / "metrics.json").read_text())
     assert metrics["squares"] == 14 and metrics["plus_one"] == 9
     assert json.loads((tmp_path / "metrics" / "pretrain.json").read_text()) == {"pretrain_loss": 2.5}
+
+
+def test_a_nan_figure_is_never_logged_to_mlflow_as_a_number():
+    from pipeline.tracking import Tracker
+
+    class Recorder:
+        def __init__(self):
+            self.logged: list[dict[str, float]] = []
+
+        def log_metrics(self, metrics, step=None):
+            self.logged.append(dict(metrics))
+
+    rec = Recorder()
+    tracker = Tracker(rec)
+    tracker.log_metrics({"train/loss": float("nan"), "train/lr": 1e-3}, step=3)
+    tracker.log_metrics({"val/gold_pair_acc": float("nan"), "bias_shift": float("inf"), "steps": 3})
+    assert rec.logged == [{"train/lr": 1e-3}, {"steps": 3.0}]
