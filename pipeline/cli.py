@@ -500,6 +500,71 @@ def cmd_push(args: argparse.Namespace) -> int:
     return subprocess.call(["dvc", "push", *remote, *args.dvc_args], env=pipeline_env(Path.cwd(), None))
 
 
+def _damaged_names(repo: Any, oids: list[str]) -> list[str]:
+    """The workspace paths (output, or file inside an output folder) of the cache objects ``oids``."""
+    names: dict[str, str] = {}
+    for out in repo.index.outs:
+        path = os.path.relpath(out.fs_path, repo.root_dir)
+        value = getattr(out.hash_info, "value", None) or ""
+        if value.split(".")[0] in oids:
+            names[value.split(".")[0]] = path
+        if value.endswith(".dir"):
+            with contextlib.suppress(Exception):
+                from dvc_data.hashfile.tree import Tree
+
+                for key, _meta, hi in Tree.load(out.cache, out.hash_info):
+                    if hi.value in oids:
+                        names[hi.value] = f"{path}/{'/'.join(key)}"
+    return [names.get(o, f"the object {o}") for o in oids]
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    """`dvc pull` that refuses damaged copies: the project's remote verifies what it downloads
+    (`verify = true` in .dvc/config), and a file whose content does not match its hash is named
+    here and left out of the workspace, instead of DVC's vague "is your cache up to date?"."""
+    import logging
+
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    root = Path.cwd()
+    os.environ.update({k: os.environ.get(k, v) for k, v in QUIET_ENV.items()})
+    damaged: list[str] = []
+
+    class Damaged(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith("corrupted cache file"):
+                damaged.append(Path(str(record.args[0])).parent.name + Path(str(record.args[0])).name)
+
+    catch, logger = Damaged(logging.DEBUG), logging.getLogger("dvc_data.hashfile.db")
+    level, logger.level = logger.level, logging.DEBUG
+    logger.addHandler(catch)
+    failed = ""
+    try:
+        with Repo(str(root)) as repo:
+            try:
+                stats = repo.pull(targets=args.targets or None, remote=args.remote, jobs=args.jobs)
+            except DvcException as e:
+                failed, stats = " ".join(str(e).split()), {}
+            names = _damaged_names(repo, sorted(set(damaged))) if damaged else []
+    except DvcException as e:  # not a DVC repository, a remote that cannot be read
+        raise LineageError(f"dvc pull: {' '.join(str(e).split())}") from None
+    finally:
+        logger.removeHandler(catch)
+        logger.setLevel(level)
+    if names:
+        raise LineageError(
+            f"the remote's copy of {', '.join(names)} is damaged (its content does not match the hash "
+            "dvc.lock records) and was not checked out; push it again from a workspace that has it "
+            "(`lineage push`) or rebuild it with `dvc repro`"
+        )
+    if failed:
+        raise LineageError(f"dvc pull: {failed}")
+    fetched = stats.get("fetched", 0) if isinstance(stats, dict) else 0
+    print(f"lineage: pulled {fetched} file(s); the workspace matches dvc.lock")
+    return 0
+
+
 def checkpoint_index(root: Path) -> list[dict[str, Any]]:
     """One entry per training run folder under checkpoints/<stage>/<run key>/: the run key is a
     hash of the params that change what is learned and of the tokenizer, so these say which is which."""
@@ -977,6 +1042,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     push.add_argument("dvc_args", nargs=argparse.REMAINDER, help="more `dvc push` options (e.g. --jobs 4)")
     push.set_defaults(fn=cmd_push)
+    pull = sub.add_parser(
+        "pull",
+        help="dvc pull: stage outputs from the DVC remote, verified: a damaged copy is refused and named",
+        formatter_class=fmt,
+    )
+    pull.add_argument("targets", nargs="*", help="outputs or stages to pull (default: all)")
+    pull.add_argument("-r", "--remote", help="remote name (default: the one in .dvc/config)")
+    pull.add_argument("-j", "--jobs", type=int, help="parallel downloads (default: DVC's)")
+    pull.set_defaults(fn=cmd_pull)
     sub.add_parser(
         "checkpoints",
         help="list training checkpoints (checkpoints/<stage>/<run key>/) with their model shape and step",

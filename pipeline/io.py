@@ -7,6 +7,7 @@ when it succeeds, so a killed stage leaves either the previous complete output o
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -77,6 +78,8 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
         tmp.rename(final)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if disk_full(e):
+            raise  # the stage reports a full disk as such, wherever it was met
         if _is_input(e, final, tmp):  # an upstream file, not this stage's output
             raise LineageError(_input_failure(e)) from None
         raise LineageError(f"{final}: cannot write the stage's output ({_os_reason(e)})") from None
@@ -178,12 +181,41 @@ def remove_stale_temp_dirs(data: Path) -> list[Path]:
     return removed
 
 
+DISK_FULL = ("no space left on device", "database or disk is full", "disk quota exceeded")
+
+
+def disk_full(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) says the disk is full, whatever library
+    wrapped it: an OSError with ENOSPC, SQLite's "database or disk is full", a Rust writer's text."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(mark in str(exc).lower() for mark in DISK_FULL):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+@contextlib.contextmanager
+def temp_file(path: Path) -> Iterator[Path]:
+    """A temporary name beside ``path``, removed when the block fails (a full disk, a kill by
+    Ctrl-C): the caller renames it onto ``path`` at the end of the block."""
+    try:
+        yield path
+    except BaseException:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        raise
+
+
 def write_json(path: str | Path, data: Any) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n")
-    tmp.replace(path)
+    with temp_file(path.with_name(f".{path.name}.tmp")) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n")
+        tmp.replace(path)
 
 
 def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> None:
@@ -210,9 +242,9 @@ def write_table(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows, schema=schema)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    tmp.replace(path)
+    with temp_file(path.with_name(f".{path.name}.tmp")) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+        tmp.replace(path)
     return path
 
 

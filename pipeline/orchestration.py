@@ -151,6 +151,8 @@ def _use_api(url: str) -> Iterator[str]:
 
 def _drain_prefect() -> None:
     """Send queued flow-run logs and events now, while the server that takes them still runs."""
+    if _LOST:
+        return
     with contextlib.suppress(Exception):
         from prefect.logging.handlers import APILogWorker
 
@@ -229,6 +231,74 @@ def make_task_runner(common: CommonConfig) -> Any:
     raise LineageError(f"common.task_runner: no runner for {common.task_runner!r}")
 
 
+# ------------------------------------------------------------------------ losing the server mid-stage
+_LOST: list[str] = []  # the API URL this process lost, once it has
+CLIENT_RETRIES = 2  # Prefect's client retries a refused connection with a 2**n s backoff: 6 s, not 62
+
+
+def server_lost(exc: BaseException | None = None) -> bool:
+    """Whether this process's Prefect server stopped answering: said once on stderr, and Prefect
+    stops sending it logs (no "Error logging to API" lines, no wait on exit). The stage goes on
+    without orchestration, which only records what the stage does."""
+    if _LOST:
+        return True
+    url = os.environ.get("PREFECT_API_URL", "")
+    if not url or api_healthy(url, timeout_s=2.0):
+        return False
+    _LOST.append(url)
+    why = f" ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:120]})" if exc is not None else ""
+    print(
+        f"prefect: the server at {url} stopped answering{why}; the stage goes on without it "
+        "(its flow run stays unfinished in Prefect's UI)",
+        file=sys.stderr,
+        flush=True,
+    )
+    import logging
+
+    logging.raiseExceptions = False  # a log batch already queued fails without a message
+    with contextlib.suppress(Exception):
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogHandler, APILogWorker
+
+        for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
+            for h in list(getattr(logger, "handlers", [])):
+                if isinstance(h, APILogHandler):
+                    logger.removeHandler(h)
+        for worker in (EventsWorker, APILogWorker):  # what they queued would be retried one by one on exit
+            for service in list(worker._instances.values()):
+                with contextlib.suppress(Exception):
+                    while True:
+                        service._queue.get_nowait()
+                        service._queue.task_done()
+    for name, logger in list(logging.Logger.manager.loggerDict.items()):
+        if name.startswith("prefect") and isinstance(logger, logging.Logger):
+            logger.setLevel(logging.CRITICAL + 1)
+    return True
+
+
+_SERVER_TROUBLE = ("Unable to connect", "failed to process item", "Still processing items", "ConnectError",
+                   "Connection refused", "connection attempts failed")  # fmt: skip
+
+
+def _quiet_when_lost(record: Any) -> bool:
+    """A logging filter for Prefect's loggers: its complaints about a server that went away (the
+    engine's traceback, the events client's retries) are replaced by `server_lost`'s one line."""
+    if record.levelno < 30:
+        return True
+    text = record.getMessage() + (repr(record.exc_info[1]) if record.exc_info else "")
+    return not (any(t in text for t in _SERVER_TROUBLE) and server_lost())
+
+
+def _watch_server() -> None:
+    import logging
+
+    for name in ("prefect.flow_runs", "prefect.task_runs", "prefect.events.clients",
+                 "prefect._internal.concurrency", "prefect.engine", "prefect", "EventsWorker"):  # fmt: skip
+        logger = logging.getLogger(name)
+        if _quiet_when_lost not in logger.filters:
+            logger.addFilter(_quiet_when_lost)
+
+
 class _Raised:
     """An exception from a task carried back as a value: Prefect then logs no traceback for it, and
     the stage reports it once, as one line, with the exception's own type."""
@@ -259,7 +329,9 @@ def flow_run_labels(stage: str, params: Any) -> tuple[dict[str, Any], list[str]]
         section = getattr(params, stage).model_dump(mode="json")
         parameters.update({f"{stage}.{k}": v for k, v in flatten(section).items()})
         labels.append(f"params:{params.section_hash(stage)}")
-    return parameters, labels
+    from pipeline.redact import redact_value
+
+    return {k: redact_value(v) for k, v in parameters.items()}, labels
 
 
 class _TeeToPrefect:
@@ -350,14 +422,20 @@ class Orchestrator:
         if not items:
             return []
         desc = name or fn.__name__
-        if not self.use_prefect:
+        if not self.use_prefect or _LOST:
             return [fn(item, *args) for item in progress(items, desc, unit="tasks")]
         from prefect import task, unmapped
         from prefect.cache_policies import NO_CACHE
 
         t = task(_guarded_call, name=desc, cache_policy=NO_CACHE, retries=0)
-        futures = t.map(list(items), unmapped(fn), unmapped(args))
-        results = [f.result() for f in progress(futures, desc, total=len(items), unit="tasks")]
+        try:
+            futures = t.map(list(items), unmapped(fn), unmapped(args))
+            results = [f.result() for f in progress(futures, desc, total=len(items), unit="tasks")]
+        except Exception as e:
+            if not server_lost(e):
+                raise
+            # the items are pure functions of their input (shards): run them all here instead
+            return [fn(item, *args) for item in progress(items, desc, unit="tasks")]
         for r in results:
             if isinstance(r, _Raised):
                 raise r.exc
@@ -378,21 +456,25 @@ class Orchestrator:
         ``on_flow_run`` receives the flow run's id, and the body's output lines go to its log."""
 
         raised: list[BaseException] = []
+        done: list[Any] = []  # the body's result, kept here too: the flow engine may lose it
+        plain: list[bool] = [not self.use_prefect]  # the body runs outside a flow (raises as is)
 
         def timed_body(params: dict[str, Any] | None = None) -> Any:
             t0 = time.perf_counter()
             try:
-                if not self.use_prefect:
-                    return body()
+                if plain[0]:
+                    done.append(body())
+                    return done[-1]
                 if on_flow_run is not None:
                     from prefect.runtime import flow_run
 
                     with contextlib.suppress(Exception):
                         on_flow_run(str(flow_run.id))
                 with output_to_prefect():
-                    return body()
+                    done.append(body())
+                return done[-1]
             except (Exception, KeyboardInterrupt) as e:
-                if not self.use_prefect:
+                if plain[0]:
                     raise
                 # fail the flow run with a one-line reason instead of a logged traceback; the
                 # exception itself is re-raised below, outside Prefect
@@ -409,19 +491,36 @@ class Orchestrator:
 
         t0 = time.perf_counter()
         try:
-            if not self.use_prefect:
+            if plain[0] or _LOST:
+                plain[0] = True
                 return timed_body()
             from prefect import flow
             from prefect import tags as prefect_tags
+            from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 
             f = flow(
                 timed_body, name=name, task_runner=make_task_runner(self.common), validate_parameters=False
             )
             parameters, labels = flow_run_labels(name, params)
-            with prefect_tags(*labels, *tags):
-                state = f(params=parameters, return_state=True)
+            _watch_server()
+            try:
+                with (
+                    prefect_tags(*labels, *tags),
+                    temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: CLIENT_RETRIES}),
+                ):
+                    state = f(params=parameters, return_state=True)
+            except Exception as e:
+                # the server went away: the body's own outcome stands, or the body runs without Prefect
+                if raised or not server_lost(e):
+                    raise raised[0] if raised else e  # noqa: B904 - the body's exception, as raised
+                if done:
+                    return done[-1]
+                plain[0] = True
+                return timed_body()
             if raised:
                 raise raised[0]
+            if done and _LOST:
+                return done[-1]
             return state.result()
         finally:
             self.flow_s = time.perf_counter() - t0

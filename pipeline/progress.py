@@ -9,6 +9,7 @@ off; ``LINEAGE_PROGRESS=bar`` or ``lines`` forces one.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -176,6 +177,23 @@ def verbose() -> bool:
     return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
 
 
+@contextlib.contextmanager
+def muted(*loggers: str) -> Iterator[None]:
+    """Silence ``loggers`` for the block: a library that logs an ERROR line and then raises (the
+    caller turns the exception into one line of its own). ``LINEAGE_VERBOSE=1`` mutes nothing."""
+    if verbose():
+        yield
+        return
+    before = {name: logging.getLogger(name).level for name in loggers}
+    for name in loggers:
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for name, level in before.items():
+            logging.getLogger(name).setLevel(level)
+
+
 def quiet_logs() -> None:
     """No deprecation or future warnings, no INFO chatter from libraries (MLflow, Prefect's client,
     transformers' shard writer): a stage prints its progress and its result. ``LINEAGE_VERBOSE=1``
@@ -186,6 +204,8 @@ def quiet_logs() -> None:
         warnings.filterwarnings("ignore", category=category)
     for name in ("mlflow", "alembic", "urllib3", "httpx", "transformers", "datasets", "filelock"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # the kernel hub (loaded by transformers) warns that it cannot cache what a CPU run never uses
+    logging.getLogger("kernels").setLevel(logging.ERROR)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Writing model shards"
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # "View run ... at" lines

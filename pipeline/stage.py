@@ -15,8 +15,9 @@ from typing import Any
 
 from pipeline.config import Params, load_params
 from pipeline.errors import LineageError
-from pipeline.io import atomic_dir, remove_stale_temp_dirs, stage_lock, write_json
+from pipeline.io import atomic_dir, disk_full, remove_stale_temp_dirs, stage_lock, write_json
 from pipeline.orchestration import Orchestrator, prefect_api, setup_env
+from pipeline.redact import redact
 
 
 @dataclass
@@ -232,6 +233,22 @@ def _interrupt_watchdog(stage: str, grace_s: float = 3.5) -> None:
     _interrupt_watchdog.said = said  # type: ignore[attr-defined]
 
 
+def _disk_full(stage: str, exc: BaseException) -> int:
+    """A full disk, whichever writer met it (torch, safetensors, SQLite under MLflow): one line.
+    The stage's temporary files and folders are already removed by then."""
+    where = ""
+    e: BaseException | None = exc
+    while e is not None and not where:
+        where = f" writing {e.filename}" if isinstance(e, OSError) and e.filename else ""
+        e = e.__cause__ or e.__context__
+    print(
+        f"error: {stage}: the disk is full{where} ({type(exc).__name__}); nothing was written: "
+        "free some space and rerun",
+        file=sys.stderr,
+    )
+    return 1
+
+
 def main(
     stage: str,
     body: Callable[[StageContext], dict[str, Any]],
@@ -250,21 +267,25 @@ def main(
         params = load_params(root / args.params if not Path(args.params).is_absolute() else args.params)
         metrics = run_stage(stage, body, root, params, headline)
     except LineageError as e:
-        print(f"error: {stage}: {e}", file=sys.stderr)
+        print(f"error: {stage}: {redact(str(e))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         _interrupt_watchdog.said.set()  # type: ignore[attr-defined]
         print(f"error: {stage}: interrupted; nothing was written", file=sys.stderr, flush=True)
         return 130
     except OSError as e:
+        if disk_full(e):
+            return _disk_full(stage, e)
         where = f"{e.filename}: " if getattr(e, "filename", None) else ""
         print(f"error: {stage}: {where}{e.strerror or e} ({type(e).__name__})", file=sys.stderr)
         return 1
     except Exception as e:
+        if disk_full(e):
+            return _disk_full(stage, e)
         if os.environ.get("LINEAGE_DEBUG"):
             traceback.print_exc()
         print(
-            f"error: {stage}: unexpected {one_line(e)} (LINEAGE_DEBUG=1 shows the traceback)",
+            f"error: {stage}: unexpected {redact(one_line(e))} (LINEAGE_DEBUG=1 shows the traceback)",
             file=sys.stderr,
         )
         return 1

@@ -311,10 +311,22 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
     return meta
 
 
-def open_tokens(directory: str | Path, split: str, dtype: str | np.dtype | None = None) -> TokenData:
-    """Map ``<split>.bin`` of ``directory``; the dtype comes from its meta.json unless given."""
+def open_tokens(
+    directory: str | Path, split: str, dtype: str | np.dtype | None = None, vocab_size: int | None = None
+) -> TokenData:
+    """Map ``<split>.bin`` of ``directory``; the dtype and vocabulary size come from its meta.json
+    unless given. Every id is checked against the vocabulary here, once, for every reader (an id
+    past the embedding table is otherwise an IndexError deep in a model)."""
     directory = Path(directory)
-    dt = np.dtype(dtype if dtype is not None else read_meta(directory)["dtype"]).newbyteorder("<")
+    if dtype is None:
+        meta = read_meta(directory)
+        try:
+            dtype, vocab_size = meta["dtype"], vocab_size or meta.get("vocab_size")
+        except (KeyError, TypeError):
+            raise LineageError(
+                f"{directory / 'meta.json'}: no dtype entry; rerun `dvc repro -f tokenize`"
+            ) from None
+    dt = np.dtype(dtype).newbyteorder("<")
     bin_path, idx_path, src_path = _paths(directory, split)
     for p in (bin_path, idx_path, src_path):
         if not p.is_file():
@@ -338,4 +350,7 @@ def open_tokens(directory: str | Path, split: str, dtype: str | np.dtype | None 
             f"({len(offsets)} offsets ending at {int(offsets[-1]) if len(offsets) else None}, "
             f"{len(sources)} sources, {n} tokens)"
         )
-    return TokenData(tokens, offsets, sources, dt)
+    data = TokenData(tokens, offsets, sources, dt)
+    if vocab_size is not None and n:
+        data.check_ids(int(vocab_size), bin_path)
+    return data

@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import subprocess
 import tempfile
@@ -29,6 +30,7 @@ from typing import Any
 import yaml
 
 from pipeline.config import Params, flatten
+from pipeline.redact import redact
 
 PARENT_ENV = "LINEAGE_PARENT_RUN_ID"  # set by `lineage run` for every stage it launches
 PROFILE_ENV = "LINEAGE_PROFILE"  # the profile `lineage run --profile` applied
@@ -36,6 +38,7 @@ DEFAULT_ALIAS = "default"  # registry alias: the latest model trained with the d
 KIND_TAG = "lineage.kind"  # "pipeline" on parent runs, "stage" on stage runs
 EXECUTION_TAG = "lineage.execution"  # the DVC process a parent run belongs to (plain `dvc repro`)
 METRICS_MD5_TAG = "lineage.metrics_md5"  # md5 of the data/<stage>/metrics.json a stage run wrote
+OWNER_TAG = "lineage.owner"  # host:pid:start-time of the process that keeps a run RUNNING
 
 log = logging.getLogger("lineage.tracking")
 
@@ -177,6 +180,49 @@ def dvc_execution(pid: int | None = None, depth: int = 6) -> tuple[str, str] | N
     return None
 
 
+def owner_key(pid: int | None = None) -> str:
+    """``host:pid:start`` of a process (default: this one), to tell later whether it still runs."""
+    import socket
+
+    pid = os.getpid() if pid is None else pid
+    stat = _proc_stat(pid)
+    return f"{socket.gethostname()}:{pid}:{stat[1] if stat else 0}"
+
+
+def _owner_dead(key: str) -> bool:
+    """Whether the process named by an owner key (or a ``dvc:pid:start`` execution key) is gone.
+    A process on another host, or a key this code did not write, is never called dead."""
+    import socket
+
+    parts = key.split(":")
+    if len(parts) != 3 or not parts[1].isdigit():
+        return False
+    host, pid, start = parts
+    if host not in ("dvc", socket.gethostname()):
+        return False
+    stat = _proc_stat(int(pid))
+    return stat is None or str(stat[1]) != start
+
+
+def close_dead_runs(client: Any, exp_id: str) -> list[str]:
+    """Runs left RUNNING by a process killed with SIGKILL (no `finally` ran to close them), stage
+    runs and pipeline runs alike: marked KILLED, as killed runs' temporary folders are removed.
+    Returns their ids."""
+    try:
+        runs = client.search_runs([exp_id], filter_string="attributes.status = 'RUNNING'", max_results=1000)
+    except Exception:
+        return []
+    closed = []
+    for run in runs:
+        tags = run.data.tags
+        key = tags.get(OWNER_TAG) or tags.get(EXECUTION_TAG, "")
+        if key and _owner_dead(key):
+            with contextlib.suppress(Exception):
+                client.set_terminated(run.info.run_id, "KILLED")
+                closed.append(run.info.run_id)
+    return closed
+
+
 def profile_name(root: Path) -> str:
     """The profile of this execution: `lineage run --profile NAME` says so; otherwise `default` when
     params.yaml is the committed one, `custom` when an experiment changed it."""
@@ -217,7 +263,7 @@ def _parent_tags(root: Path, command: str) -> dict[str, str]:
         "git_dirty": str(git_dirty(root)).lower(),
         "profile": profile_name(root),
         "dvc_experiment": os.environ.get("DVC_EXP_NAME", ""),
-        "command": command[:4000],
+        "command": redact(command)[:4000],
     }
 
 
@@ -253,7 +299,8 @@ def _log_changed_params(
         client.log_batch(
             run_id,
             params=[
-                Param(k, str(resolved_value(params, k, v[1]))[:6000]) for k, v in list(changed.items())[:100]
+                Param(k, redact(str(resolved_value(params, k, v[1])))[:6000])
+                for k, v in list(changed.items())[:100]
             ],
         )
 
@@ -294,7 +341,8 @@ def start_pipeline_run(
     exp_id = setup_mlflow(params, root)
     client = MlflowClient()
     changed = {**changed_params(root), **{k: (None, v) for k, v in (overrides or {}).items()}}
-    run = client.create_run(exp_id, run_name=_parent_name(root, changed), tags=_parent_tags(root, command))
+    tags = {**_parent_tags(root, command), OWNER_TAG: owner_key()}
+    run = client.create_run(exp_id, run_name=_parent_name(root, changed), tags=tags)
     _log_changed_params(client, run.info.run_id, root, changed, params)
     return run.info.run_id
 
@@ -396,9 +444,12 @@ class Tracker:
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         """With ``step``: points of curves. Without: summary values, logged once and stepless, except
         those a curve already carries (its last point is the summary; a step-0 copy would draw a
-        false first point)."""
+        false first point). NaN and infinities are left out: some stores keep a NaN as 0.0, a
+        figure nobody measured (metrics.json keeps them as they are)."""
         clean = {
-            k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)
+            k: float(v)
+            for k, v in metrics.items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
         }
         if step is not None:
             self.curves.update(clean)
@@ -586,9 +637,12 @@ def stage_run(stage: str, params: Params, root: Path) -> Iterator[Tracker]:
     exp_id = setup_mlflow(params, root)
     mlflow.set_experiment(experiment_id=exp_id)
     client = MlflowClient()
+    for run_id in close_dead_runs(client, exp_id):
+        log.warning("mlflow: run %s was left RUNNING by a killed process; marked KILLED", run_id)
     inputs = dvc_input_hashes(root, stage)
     tags = {
         KIND_TAG: "stage",
+        OWNER_TAG: owner_key(),
         "stage": stage,
         "git_commit": git_commit(root),
         "git_dirty": str(git_dirty(root)).lower(),
@@ -607,7 +661,9 @@ def stage_run(stage: str, params: Params, root: Path) -> Iterator[Tracker]:
             if hasattr(params, stage):
                 section = getattr(params, stage).model_dump(mode="json")
                 logged.update({f"{stage}.{k}": v for k, v in flatten(section).items()})
-            mlflow.log_params({k: str(resolved_value(params, k, v))[:6000] for k, v in logged.items()})
+            mlflow.log_params(
+                {k: redact(str(resolved_value(params, k, v)))[:6000] for k, v in logged.items()}
+            )
             _log_inputs(mlflow, inputs)
             try:
                 yield Tracker(mlflow, stage, root, params)

@@ -77,9 +77,6 @@ def body(ctx: StageContext) -> dict[str, Any]:
     meta = read_meta(tok_dir)
     train = open_tokens(tok_dir, "train")
     val = open_tokens(tok_dir, "val") if (tok_dir / "val.bin").is_file() else None
-    train.check_ids(meta["vocab_size"], tok_dir / "train.bin")
-    if val is not None:
-        val.check_ids(meta["vocab_size"], tok_dir / "val.bin")
     try:
         mcfg = model_config(cfg, meta["vocab_size"])
     except ValueError as e:

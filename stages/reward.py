@@ -21,6 +21,7 @@ from typing import Any
 from pipeline.errors import LineageError
 from pipeline.stage import StageContext, launch
 from pipeline.train.checkpoint import record_run, run_key
+from pipeline.train.finite import check_value
 
 HEADLINE = [
     "rm_val_acc=val/pair_acc", "rm_val_gold_acc=val/gold_pair_acc", "rm_val_top1=val/top1",
@@ -122,6 +123,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
     ]
     demo_rewards = [r[0] for r in score_groups(model, demo_groups, 4 * cfg.batch_size, device)]
     shift = sum(demo_rewards) / max(len(demo_rewards), 1)
+    check_value(shift, "bias_shift (the mean reward of the SFT demonstrations)")
     with torch.no_grad():
         model.head.bias -= shift
 

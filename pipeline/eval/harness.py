@@ -35,6 +35,20 @@ def quiet() -> None:
     transformers.utils.logging.disable_progress_bar()
     for name in ("lm_eval", "lm-eval", "datasets", "transformers", "accelerate", "evaluate"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # tqdm reads TQDM_DISABLE when it is imported, which happened long before: lm-eval's own bars
+    # (one per task while it builds requests) are switched off where lm-eval looks tqdm up
+    import sys
+
+    from tqdm import tqdm
+
+    class SilentTqdm(tqdm):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["disable"] = True
+            super().__init__(*args, **kwargs)
+
+    for name, module in list(sys.modules.items()):
+        if name.startswith("lm_eval") and getattr(module, "tqdm", None) is tqdm:
+            module.tqdm = SilentTqdm  # type: ignore[attr-defined]
 
 
 def task_config(task: str, data_dir: Path) -> dict[str, Any]:

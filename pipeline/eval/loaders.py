@@ -133,8 +133,11 @@ def _read_local(fmt: str, path: Path) -> list[dict[str, Any]]:
         builder = "json"
     else:
         raise LineageError(f"{path}: unknown file type {path.suffix!r} (expected .tsv .txt .csv .jsonl)")
+    from pipeline.progress import muted
+
     try:
-        ds = load_dataset(builder, data_files={"data": str(path)}, split="data", **kwargs)
+        with muted("datasets"):  # its "Failed to load JSON" ERROR line: the error below says it once
+            ds = load_dataset(builder, data_files={"data": str(path)}, split="data", **kwargs)
     except Exception as e:  # pandas/arrow parse errors
         raise LineageError(
             f"{path}: cannot read it as {fmt} ({type(e).__name__}: {str(e).splitlines()[0][:160]})"

@@ -47,9 +47,11 @@ def record_run(folder: Path, section: Any, seed: int, exclude: Iterable[str]) ->
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    from pipeline.io import temp_file
+
+    with temp_file(path.with_name(f".{path.name}.tmp-{os.getpid()}")) as tmp:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
 
 
 def load_checkpoint(path: Path, model_config: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from pipeline.progress import Progress
 from pipeline.tokenizer import TokenData
 from pipeline.train.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.train.data import TrainBatches, source_windows
+from pipeline.train.finite import check_loss, check_weights
 
 
 # ------------------------------------------------------------------------------------------- devices
@@ -230,6 +231,7 @@ class Trainer:
     def save(self) -> None:
         if not self.dist.main:
             return
+        check_weights(self.model, self.step)  # a diverged run is never saved, nor its outputs written
         save_checkpoint(self.checkpoint, self._state())
         every = self.cfg.keep_checkpoints_every
         if every and self.step % every == 0:  # weights only, for scores across training (evaluate)
@@ -324,6 +326,7 @@ class Trainer:
             if cfg.max_minutes is not None and self._stop_for_time(t_start):
                 break
             loss = self.train_step()
+            check_loss(loss, self.step + 1)
             self.step += 1
             self.tokens += tokens_per_step
             tok_log += tokens_per_step

@@ -54,6 +54,7 @@ from pipeline.feedback.config import PpoConfig
 from pipeline.model.gpt import GPT
 from pipeline.model.reward import RewardModel
 from pipeline.train.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.train.finite import check_loss, check_weights
 from pipeline.train.instruct import left_pad
 from pipeline.train.loop import autocast, autocast_dtype
 
@@ -347,6 +348,8 @@ class PPOTrainer:
         torch.manual_seed(self.seed)
         if self.checkpoint is not None and self.cfg.resume and self.checkpoint.is_file():
             self._restore(load_checkpoint(self.checkpoint, self._config_tag()))
+        check_weights(self.policy, self.step)
+        check_weights(self.value, self.step)
 
     # -- checkpoints
     def _config_tag(self) -> dict[str, Any]:
@@ -550,6 +553,11 @@ class PPOTrainer:
         while self.step < cfg.steps:
             metrics = self.iteration()
             self.step += 1
+            # a diverged policy is stopped before it samples, validates or saves again
+            check_loss({"policy loss": metrics["loss/policy_avg"], "value loss": metrics["loss/value_avg"]},
+                       self.step)  # fmt: skip
+            check_weights(self.policy, self.step)
+            check_weights(self.value, self.step)
             self.history.append({"step": self.step, **metrics})
             if self.log is not None:
                 self.log(metrics, self.step)

@@ -53,6 +53,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.train.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.train.finite import check_loss, check_weights
 from pipeline.train.loop import Dist, autocast, autocast_dtype, dtype_name
 
 LossFn = Callable[[torch.nn.Module, Any], tuple[torch.Tensor, dict[str, float]]]
@@ -142,9 +143,11 @@ class SupervisedTrainer:
         self.examples = 0
         self.elapsed = 0.0
         self.resumed_from = -1
+        self.last: dict[str, float] = {}  # the last step's train metrics, kept across resumes
         torch.manual_seed(self.seed + self.dist.rank)  # each rank its own dropout masks
         if self.checkpoint is not None and self.cfg.resume and self.checkpoint.is_file():
             self._restore(load_checkpoint(self.checkpoint, self._config_tag()))
+        check_weights(self.model, self.step)
         self.runner: torch.nn.Module = self.model  # what loss_fn gets while training
         if self.dist.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel
@@ -171,6 +174,7 @@ class SupervisedTrainer:
             "examples": self.examples,
             "elapsed": self.elapsed,
             "history": self.history,
+            "last": self.last,
             "rng_cpu": torch.get_rng_state(),
         }
 
@@ -179,10 +183,12 @@ class SupervisedTrainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.examples, self.elapsed = state["step"], state["examples"], state["elapsed"]
         self.history = list(state["history"])
+        self.last = dict(state.get("last", {}))
         torch.set_rng_state(state["rng_cpu"])
         self.resumed_from = self.step
 
     def save(self) -> None:
+        check_weights(self.model, self.step)  # a diverged run is never saved, nor its outputs written
         if self.checkpoint is not None and self.dist.main:
             save_checkpoint(self.checkpoint, self._state())
 
@@ -253,7 +259,7 @@ class SupervisedTrainer:
     def _run(self, bar: Any) -> dict[str, float]:
         self.model.train()
         t0 = time.perf_counter()
-        last: dict[str, float] = {}
+        last = dict(self.last)  # a run resumed at its end reports its own last figures
         accum = self.per_step
         epoch_batches: Sequence[Any] = ()
         loaded_epoch = -1
@@ -262,6 +268,8 @@ class SupervisedTrainer:
             if epoch != loaded_epoch:
                 epoch_batches, loaded_epoch = self.batches(epoch), epoch
             last = self.train_step(epoch_batches[k * accum : (k + 1) * accum])
+            check_loss(last["train/loss"], self.step + 1)
+            self.last = last
             self.step += 1
             if bar is not None:
                 bar.update(1, loss=last["train/loss"])
