@@ -390,7 +390,13 @@ def output_to_prefect() -> Iterator[None]:
     except Exception:  # no flow run context: nothing to send to
         yield
         return
+    import logging
+
     out, err = sys.stdout, sys.stderr
+    # a batch of log lines that cannot reach a server that just went away is dropped silently, now
+    # or when the stage process exits (Prefect's log worker prints "Error logging to API" otherwise);
+    # `server_lost` says it once
+    logging.raiseExceptions = False
     sys.stdout, sys.stderr = _TeeToPrefect(out, logger), _TeeToPrefect(err, logger)
     try:
         yield
