@@ -1,5 +1,6 @@
 """sft: InstructGPT's supervised fine-tuning of the pretrained model on the demonstrations of the SFT
-split (loss on response tokens only), with residual dropout, cosine lr and several epochs, in the
+split (loss on response tokens only), with dropout (``sft.dropout``, one rate for embeddings,
+attention and residual branches), cosine lr and several epochs, in the
 one supervised loop (pipeline/train/supervised.py).
 
 The weights kept are those of the evaluation with the best validation loss (a held-out slice of the
@@ -93,14 +94,18 @@ def body(ctx: StageContext) -> dict[str, Any]:
         outs = generate(m, prompts, cfg.max_new_tokens, eos=chat.end, seed=seed, device=device)
         return [chat.decode_response(o) for o in outs]
 
-    def evaluate(m: torch.nn.Module) -> dict[str, float]:
+    def heldout_loss(m: torch.nn.Module) -> float:
+        """Mean loss per response token on the held-out slice of the SFT split."""
         total = n = 0.0
         for b in val_batches:
             b = {k: v.to(device) for k, v in b.items()}
             loss, _ = lm_loss(m, b)
             tokens = int((b["y"] != -1).sum())
             total, n = total + loss.item() * tokens, n + tokens
-        val_loss = total / max(n, 1)
+        return total / max(n, 1)
+
+    def evaluate(m: torch.nn.Module) -> dict[str, float]:
+        val_loss = heldout_loss(m)
         summary = summarize(probe, [judge(ex, r) for ex, r in zip(probe, answer(m, probe), strict=True)])
         out = {"val/loss": val_loss, "eval/score": summary["score"], "eval/exact": summary["exact"]["value"]}
         for f, s in summary["families"].items():
@@ -118,6 +123,8 @@ def body(ctx: StageContext) -> dict[str, Any]:
     trainer = SupervisedTrainer(model, lm_loss, batches, sup, seed=seed, device=device, checkpoint=ckpt_dir / "ckpt.pt",
                                 evaluate=evaluate, log=log, dist=dist, progress="sft")  # fmt: skip
     ckpt_dir.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():  # where SFT starts: the pretrained model's loss on the held-out demonstrations
+        start_loss = heldout_loss(pretrained.to(device).eval()) if val_batches else float("nan")
     result = trainer.run()
     if not dist.main:  # under torchrun, rank 0 alone evaluates and writes the outputs
         return {}
@@ -163,7 +170,8 @@ def body(ctx: StageContext) -> dict[str, Any]:
         "data": {"train": len(train_items), "val": len(val_items), "dropped_long": dropped, "eval": len(held_out)},
         "train": {"loss": result.get("train/loss", float("nan")), "steps": result["steps"],
                   "examples": result["examples"], "epochs": cfg.epochs},
-        "val": {"best_loss": best["loss"], "best_step": best.get("step", -1), "last_loss": result.get("val/loss")},
+        "val": {"best_loss": best["loss"], "best_step": best.get("step", -1), "last_loss": result.get("val/loss"),
+                "start_loss": start_loss},
         "eval": {"sft": sft_summary, "fewshot": {**base_summary, "shots": shots_used}},
         "perf": {"train_s": result["train_s"], "examples_per_s": result["examples_per_s"],
                  "resumed_from_step": trainer.resumed_from, "device": str(device), "world_size": dist.world_size},
