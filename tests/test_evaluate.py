@@ -221,7 +221,7 @@ def test_the_checkpoint_curve_scores_the_run_pretrain_lists_and_no_other(project
     assert [line.split(",")[0] for line in curve] == ["10", "20", "30"]
     shutil.rmtree(root / "data" / "evaluate")
     (run_dir / "step_000020.pt").unlink()
-    _refused(root, small, rf"checkpoint checkpoints/pretrain/{run_dir.name}/step_000020.pt of pretrain run "
+    _refused(root, small, rf"checkpoints/pretrain/{run_dir.name}/step_000020.pt: kept checkpoint of pretrain run "
                           rf"{run_dir.name} is missing")  # fmt: skip
 
 

@@ -84,15 +84,15 @@ def kept_checkpoints(root: Path, manifest_path: Path) -> tuple[dict[str, Any], l
     out = []
     for e in entries:
         path = root / e["path"]
+        redo = (
+            f"retrain run {key} (rm -r checkpoints/pretrain/{key}; dvc repro --force pretrain) "
+            "or set evaluate.curve_tasks: [] to skip the curve"
+        )
         if not path.is_file():
-            raise LineageError(
-                f"evaluate: checkpoint {e['path']} of pretrain run {key} is missing (checkpoints/ is not "
-                f"a DVC output); rerun `dvc repro --force pretrain` to make run {key}'s checkpoints again"
-            )
+            raise LineageError(f"{e['path']}: kept checkpoint of pretrain run {key} is missing; {redo}")
         if file_sha256(path) != e["sha256"]:
             raise LineageError(
-                f"evaluate: checkpoint {e['path']} of pretrain run {key} has changed since pretrain recorded it; "
-                f"rerun `dvc repro --force pretrain`"
+                f"{e['path']}: kept checkpoint of pretrain run {key} changed since pretrain listed it; {redo}"
             )
         out.append((int(e["step"]), path))
     return info, out

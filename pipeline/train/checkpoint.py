@@ -66,9 +66,8 @@ def load_checkpoint(path: Path, model_config: dict[str, Any] | None = None) -> d
 
 
 STEP_RE = re.compile(r"^step_(\d+)\.pt$")
-MANIFEST = (
-    "checkpoints.json"  # data/pretrain/checkpoints.json: the kept checkpoints of the run that made the model
-)
+# data/pretrain/checkpoints.json: the kept checkpoints of the run that made the model
+MANIFEST = "checkpoints.json"
 
 
 def file_sha256(path: Path) -> str:
