@@ -156,6 +156,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
     from pipeline.model.export import to_hf
     from pipeline.progress import Progress
     from pipeline.tokenizer import eot_id, load_tokenizer, open_tokens, read_meta
+    from pipeline.train.checkpoint import MANIFEST
     from pipeline.train.loop import autocast_dtype, device_for
 
     cfg, seed = ctx.params.evaluate, ctx.params.common.seed
@@ -199,6 +200,9 @@ def body(ctx: StageContext) -> dict[str, Any]:
         raise LineageError(f"evaluate.models: none of {cfg.models} exists; run `dvc repro pretrain` first")
     if any(name == "pretrain" for name, _ in models):
         check_hf_tokenizer(ctx.input("pretrain", "hf"), tok_file)
+    curve_run = None  # the kept checkpoints pretrain listed, checked before any scoring
+    if any(name == "pretrain" for name, _ in models) and cfg.curve_tasks:
+        curve_run = kept_checkpoints(ctx.root, ctx.input("pretrain", MANIFEST))
 
     out: dict[str, Any] = {
         "models": {}, "contamination": dirty, "dropped_too_long": {n: t.get("dropped", 0) for n, t in tasks.items()},
@@ -249,13 +253,13 @@ def body(ctx: StageContext) -> dict[str, Any]:
     # zero-shot across pretraining (our own scorer: in-process, no per-call harness setup)
     curve: list[dict[str, Any]] = []
     final = next((loader for n, loader in models if n == "pretrain"), None)
-    if final is not None and cfg.curve_tasks:
+    if final is not None and curve_run is not None:
         final_model = final()
         pm = read_json(ctx.input("pretrain", "model") / "config.json")
-        key, final_step = _pretrain_steps(ctx)
-        kept = kept_checkpoints(ctx.root, pm, key)
+        info, kept = curve_run
+        final_step = int(info["final_step"])
         points = [(step, lambda p=p: load_kept(p, pm)) for step, p in kept]
-        if final_step is not None and all(s != final_step for s, _ in points):
+        if all(s != final_step for s, _ in points):
             points.append((final_step, lambda: final_model))
         with Progress(len(points), "evaluate: zero-shot over checkpoints", "ckpt") as bar:
             for step, load in points:
@@ -282,17 +286,6 @@ def body(ctx: StageContext) -> dict[str, Any]:
     _figures(ctx, table, curve, cfg)
     out["perf"] = {"device": str(device), "dtype": str(dtype).removeprefix("torch.")}
     return out
-
-
-def _pretrain_steps(ctx: StageContext) -> tuple[str | None, int | None]:
-    """The run key and final step of the pretraining run, when pretrain records them
-    (data/pretrain/checkpoints.json); else the kept checkpoints are found by model config."""
-    path = ctx.root / "data" / "pretrain" / "checkpoints.json"
-    try:
-        info = json.loads(path.read_text())
-        return info.get("run_key"), int(info["final_step"])
-    except (OSError, KeyError, ValueError, TypeError):
-        return None, None
 
 
 def _hf_tokenizer(tok_file: Path) -> Any:

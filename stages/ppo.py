@@ -120,10 +120,11 @@ def body(ctx: StageContext) -> dict[str, Any]:
         got = sample_and_score(tr.eval_model, tr.ref, tr.reward, val_prompts, cfg.max_new_tokens, chat.end,
                                temperature=1.0, seed=seed + 1)  # fmt: skip
         js = [judge(ex, chat.decode_response(ids)) for ex, ids in zip(val_ex, got["ids"], strict=True)]
-        return {"val/gold_score": _mean([j.score for j in js]), "val/exact": _mean([float(j.exact) for j in js]),
-                "val/rm_score": _mean(got["rm"]), "val/kl": _mean(got["kl"]),
-                "val/end_rate": _mean([float(e) for e in got["ended"]]),
-                "val/length": _mean([float(len(i)) for i in got["ids"]])}  # fmt: skip
+        # valid/: the validation curve, apart from TRL's val/ (value-model and ratio statistics)
+        return {"valid/gold_score": _mean([j.score for j in js]), "valid/exact": _mean([float(j.exact) for j in js]),
+                "valid/rm_score": _mean(got["rm"]), "valid/kl": _mean(got["kl"]),
+                "valid/end_rate": _mean([float(e) for e in got["ended"]]),
+                "valid/length": _mean([float(len(i)) for i in got["ids"]])}  # fmt: skip
 
     bar = Progress(cfg.steps, f"ppo ({cfg.dtype})", "steps")
 
@@ -244,9 +245,9 @@ def body(ctx: StageContext) -> dict[str, Any]:
     last = evals[-1] if evals else {}
 
     def point(e: dict[str, float]) -> dict[str, float]:
-        return {"step": e.get("step", -1), "gold": e.get("val/gold_score", float("nan")),
-                "rm": e.get("val/rm_score", float("nan")), "kl": e.get("val/kl", float("nan")),
-                "exact": e.get("val/exact", float("nan"))}  # fmt: skip
+        return {"step": e.get("step", -1), "gold": e.get("valid/gold_score", float("nan")),
+                "rm": e.get("valid/rm_score", float("nan")), "kl": e.get("valid/kl", float("nan")),
+                "exact": e.get("valid/exact", float("nan"))}  # fmt: skip
 
     save_model(final, ctx.out / "model")
     (ctx.out / "model" / "chat.json").write_text(
@@ -273,7 +274,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
     # in order of KL, the x axis of the over-optimisation plots (the step column keeps the time order)
     write_csv(ctx.out / "plots" / "val.csv", [
         {k: round(v, 5) if isinstance(v, float) else v for k, v in point(e).items()}
-        for e in sorted(evals, key=lambda e: (e.get("val/kl", 0.0), e["step"]))
+        for e in sorted(evals, key=lambda e: (e.get("valid/kl", 0.0), e["step"]))
     ])  # fmt: skip
     write_csv(ctx.out / "plots" / "families.csv", [
         {"family": f, "model": n, "exact": round(ev["greedy"][n]["families"][f]["exact"]["value"], 4),

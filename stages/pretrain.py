@@ -1,7 +1,9 @@
 """pretrain: a GPT (gpt1 / gpt2 / gpt3 architecture) trained on the tokenized mix.
 
 Resumable: checkpoints live in checkpoints/pretrain/<run key>/ (outside the stage's output, which
-DVC clears before a run), so `dvc repro` after a kill continues where it stopped. With
+DVC clears before a run), so `dvc repro` after a kill continues where it stopped. The kept ones
+(``keep_checkpoints_every``) are listed with their hashes in data/pretrain/checkpoints.json, the only
+place evaluate looks for them. With
 `pretrain.nproc_per_node > 1` the stage relaunches itself under torchrun and trains with DDP.
 """
 
@@ -124,6 +126,11 @@ def body(ctx: StageContext) -> dict[str, Any]:
             print(f"pretrain: Hugging Face export skipped: {e}", file=sys.stderr)
             (ctx.out / "hf" / "NOT_EXPORTED.txt").write_text(f"{e}\n")
     (ctx.out / "samples.md").write_text("\n".join(trainer.samples))
+    # the kept checkpoints of this run, by hash: evaluate's curve reads these files and no others
+    from pipeline.io import write_json
+    from pipeline.train.checkpoint import MANIFEST, checkpoint_manifest
+
+    write_json(ctx.out / MANIFEST, checkpoint_manifest(ctx.root, checkpoint.parent, trainer.step))
     train_rows = [
         {"step": h["step"], "loss": h["train/loss"], "lr": h["train/lr"]}
         for h in trainer.history

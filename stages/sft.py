@@ -1,5 +1,6 @@
 """sft: InstructGPT's supervised fine-tuning of the pretrained model on the demonstrations of the SFT
-split (loss on response tokens only), with residual dropout, cosine lr and several epochs, in the
+split (loss on response tokens only), with dropout (``sft.dropout``, one rate for embeddings,
+attention and residual branches), cosine lr and several epochs, in the
 one supervised loop (pipeline/train/supervised.py).
 
 The weights kept are those of the evaluation with the best validation loss (a held-out slice of the
@@ -94,14 +95,18 @@ def body(ctx: StageContext) -> dict[str, Any]:
         outs = generate(m, prompts, cfg.max_new_tokens, eos=chat.end, seed=seed, device=device)
         return [chat.decode_response(o) for o in outs]
 
-    def evaluate(m: torch.nn.Module) -> dict[str, float]:
+    def heldout_loss(m: torch.nn.Module, batches: list[dict[str, Any]] | None = None) -> float:
+        """Mean loss per response token on ``batches`` (default: the held-out slice of the SFT split)."""
         total = n = 0.0
-        for b in val_batches:
+        for b in val_batches if batches is None else batches:
             b = {k: v.to(device) for k, v in b.items()}
             loss, _ = lm_loss(m, b)
             tokens = int((b["y"] != -1).sum())
             total, n = total + loss.item() * tokens, n + tokens
-        val_loss = total / max(n, 1)
+        return total / max(n, 1)
+
+    def evaluate(m: torch.nn.Module) -> dict[str, float]:
+        val_loss = heldout_loss(m)
         summary = summarize(probe, [judge(ex, r) for ex, r in zip(probe, answer(m, probe), strict=True)])
         out = {"val/loss": val_loss, "eval/score": summary["score"], "eval/exact": summary["exact"]["value"]}
         for f, s in summary["families"].items():
@@ -119,6 +124,13 @@ def body(ctx: StageContext) -> dict[str, Any]:
     trainer = SupervisedTrainer(model, lm_loss, batches, sup, seed=seed, device=device, checkpoint=ckpt_dir / "ckpt.pt",
                                 evaluate=evaluate, log=log, dist=dist, progress="sft")  # fmt: skip
     ckpt_dir.mkdir(parents=True, exist_ok=True)
+    # where SFT starts: the pretrained model's response loss on the held-out and the training demonstrations
+    train_eval = [
+        sft_batch(train_items[k : k + cfg.batch_size]) for k in range(0, len(train_items), cfg.batch_size)
+    ]
+    with torch.no_grad():
+        start_loss = heldout_loss(pretrained.to(device).eval()) if val_batches else float("nan")
+        train_start_loss = heldout_loss(pretrained, train_eval)
     result = trainer.run()
     if not dist.main:  # under torchrun, rank 0 alone evaluates and writes the outputs
         return {}
@@ -126,6 +138,8 @@ def body(ctx: StageContext) -> dict[str, Any]:
     best_weights = load_model(ckpt_dir / "best") if (ckpt_dir / "best").is_dir() else model
     final = GPT(pretrained.config).to(device).eval()  # the pretrained config: dropout as pretraining had it
     final.load_state_dict(best_weights.state_dict())
+    with torch.no_grad():
+        train_end_loss = heldout_loss(final, train_eval)
     answers = answer(final, held_out)
     judged = [judge(ex, r) for ex, r in zip(held_out, answers, strict=True)]
     sft_summary = summarize(held_out, judged)
@@ -163,8 +177,11 @@ def body(ctx: StageContext) -> dict[str, Any]:
         "model": {"params": final.num_params(), "dropout": cfg.dropout, "block_size": block},
         "data": {"train": len(train_items), "val": len(val_items), "dropped_long": dropped, "eval": len(held_out)},
         "train": {"loss": result.get("train/loss", float("nan")), "steps": result["steps"],
-                  "examples": result["examples"], "epochs": cfg.epochs},
-        "val": {"best_loss": best["loss"], "best_step": best.get("step", -1), "last_loss": result.get("val/loss")},
+                  "examples": result["examples"], "epochs": cfg.epochs,
+                  # the response loss on the training demonstrations (eval mode), pretrained and kept weights
+                  "start_loss": train_start_loss, "end_loss": train_end_loss},
+        "val": {"best_loss": best["loss"], "best_step": best.get("step", -1), "last_loss": result.get("val/loss"),
+                "start_loss": start_loss},
         "eval": {"sft": sft_summary, "fewshot": {**base_summary, "shots": shots_used}},
         "perf": {"train_s": result["train_s"], "examples_per_s": result["examples_per_s"],
                  "resumed_from_step": trainer.resumed_from, "device": str(device), "world_size": dist.world_size,

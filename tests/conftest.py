@@ -127,10 +127,12 @@ def junk(rng: random.Random, n_words: int) -> str:
     return "\n".join(" | ".join(rng.choice(items) for _ in range(6)) for _ in range(max(1, n_words // 6)))
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="session")
 def prefect_api(tmp_path_factory):
-    """One Prefect server for the whole test session, as `lineage run` gives a pipeline run: stages
-    run in-process then cost a second of orchestration instead of a server start each."""
+    """One Prefect server for the tests that run stages through Prefect (a task runner other than
+    ``sync``), as `lineage run` gives a pipeline run: such a stage then costs a second of
+    orchestration instead of a server start. Opt-in: the other tests (``files_params`` runs stages
+    with ``task_runner: sync``) start no server at all."""
     from pipeline.orchestration import prefect_server
 
     if os.environ.get("PREFECT_API_URL"):

@@ -287,10 +287,29 @@ def _wait_for(cond, timeout: float) -> bool:
     return cond()
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (found through /proc), in whatever session it runs."""
+    parent: dict[int, int] = {}
+    for p in Path("/proc").glob("[0-9]*"):
+        try:
+            parent[int(p.name)] = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    found, frontier = [], [pid]
+    while frontier:
+        up = frontier.pop()
+        kids = [c for c, par in parent.items() if par == up]
+        found += kids
+        frontier += kids
+    return found
+
+
 @pytest.mark.slow
-def test_ctrl_c_under_plain_dvc_repro_is_one_line_within_5_s_and_leaves_no_server(trained, tmp_path):
+def test_ctrl_c_under_plain_dvc_repro_is_one_line_exit_130_and_leaves_no_process(trained, tmp_path):
     """SIGINT to the whole foreground process group, as a terminal's Ctrl-C sends it, while pretrain
-    trains under `dvc repro` with a Prefect server of the stage's own."""
+    trains under `dvc repro` with a Prefect server of the stage's own. Behaviour, not speed: one error
+    line from the stage, exit status 130, no process of the run left (the server included), nothing
+    written. The waits below only keep a broken run from hanging the suite."""
     root = copy_project(trained, tmp_path)
     data = yaml.safe_load((root / "params.yaml").read_text())
     data["common"]["task_runner"] = "threads"
@@ -313,18 +332,18 @@ def test_ctrl_c_under_plain_dvc_repro_is_one_line_within_5_s_and_leaves_no_serve
         text=True, start_new_session=True,
     )  # fmt: skip
     ckpts = root / "checkpoints" / "pretrain"
-    assert _wait_for(lambda: _prefect_servers_under(proc.pid) and list(ckpts.glob("*/ckpt.pt")), 240)
-    (server_pid,) = _prefect_servers_under(proc.pid)
-    t0 = time.monotonic()
+    assert _wait_for(lambda: _prefect_servers_under(proc.pid) and list(ckpts.glob("*/ckpt.pt")), 600)
+    assert len(_prefect_servers_under(proc.pid)) == 1
+    tree = _descendants(proc.pid)  # dvc's shell, the stage, its Prefect server and whatever they started
     os.killpg(proc.pid, signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
-    took = time.monotonic() - t0
-    assert took <= 5.0, f"took {took:.1f}s to stop"
-    assert "error: pretrain: interrupted; nothing was written" in err
-    assert "exited with 130" in err and "Traceback" not in out + err, err[-3000:]
+    out, err = proc.communicate(timeout=600)
+    stage_errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert stage_errors == ["error: pretrain: interrupted; nothing was written"], err[-3000:]
+    assert "exited with 130" in err and proc.returncode != 0
+    assert "Traceback" not in out + err, err[-3000:]
     assert not (root / "data" / "pretrain").exists()
     assert_nothing_half_written(root)
-    assert _wait_for(lambda: not _alive(server_pid), 15), "the stage's Prefect server outlived it"
+    assert _wait_for(lambda: not [p for p in tree if _alive(p)], 300), [p for p in tree if _alive(p)]
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 """The whole DAG under DVC, from a fresh copy of the repository, on the tiny profile: the README's
-path (profile experiment, apply, rerun nothing), exact dependencies (a forced stage on unchanged
+path (profile experiment, apply, rerun nothing), models that learned (held-out figures against
+their baselines), exact dependencies (a forced stage on unchanged
 data leaves everything after it up to date) and experiments that leave the workspace clean."""
 
 import json
@@ -9,9 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
+from pipeline.tokenizer import open_tokens
 from tests.conftest import ROOT
 
 BIN = Path(sys.executable).parent
@@ -89,6 +92,25 @@ def test_tiny_profile_then_exact_reruns_and_a_clean_workspace(repo: Path):
         assert 1 <= len(headline) <= 15, (stage, headline)
     crawl = json.loads((repo / "data" / "crawl" / "metrics.json").read_text())
     assert 0 < crawl["sources"]["pydoc_web"]["fetched"] <= 40  # the profile's max_pages reached DVC
+    # the models learned, even at this size: pretraining beats the unigram model of its training
+    # tokens on held-out text, the RM ranks held-out pairs better than chance, SFT lowers the
+    # response loss of its demonstrations from where the pretrained model started
+    metrics = {
+        s: json.loads((repo / "data" / s / "metrics.json").read_text()) for s in ("pretrain", "reward", "sft")
+    }
+    counts = np.bincount(np.asarray(open_tokens(repo / "data" / "tokenize", "train").tokens, dtype=np.int64))
+    p = counts[counts > 0] / counts.sum()
+    unigram = float(-(p * np.log(p)).sum())
+    assert metrics["pretrain"]["val"]["loss"] < unigram, (metrics["pretrain"]["val"]["loss"], unigram)
+    assert metrics["reward"]["val"]["pair_acc"] > 0.5, metrics["reward"]["val"]
+    sft = metrics["sft"]["train"]
+    assert sft["end_loss"] < sft["start_loss"], sft
+    print(
+        f"e2e tiny: pretrain val loss {metrics['pretrain']['val']['loss']:.3f} < unigram {unigram:.3f}; "
+        f"RM pair acc {metrics['reward']['val']['pair_acc']:.3f} over {metrics['reward']['val']['pairs']} pairs; "
+        f"SFT response loss {sft['start_loss']:.3f} -> {sft['end_loss']:.3f} (held-out "
+        f"{metrics['sft']['val']['start_loss']:.3f} -> {metrics['sft']['val']['best_loss']:.3f})"
+    )
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "tiny results")
 

@@ -200,6 +200,31 @@ def _copy(project, tmp_path):
     return root
 
 
+def test_the_checkpoint_curve_scores_the_run_pretrain_lists_and_no_other(project, tmp_path):
+    """A newer run folder of the same model shape (another experiment, then `lineage restore`) is
+    never scored: evaluate reads pretrain's list of kept checkpoints, and a listed file that is gone
+    is one error line naming the run key."""
+    root = _copy(project, tmp_path)
+    shutil.copytree(project / "checkpoints", root / "checkpoints")
+    (run_dir,) = (root / "checkpoints" / "pretrain").iterdir()
+    manifest = json.loads((root / "data" / "pretrain" / "checkpoints.json").read_text())
+    assert manifest["run_key"] == run_dir.name and manifest["final_step"] == 30
+    assert [c["step"] for c in manifest["checkpoints"]] == [10, 20, 30]
+    other = run_dir.with_name("0123456789abcdef")  # a later run of the same shape, written last
+    other.mkdir()
+    shutil.copy(run_dir / "step_000010.pt", other / "step_000050.pt")
+    small = {
+        "evaluate": {"models": ["pretrain"], "num_fewshot": [0], "tasks": ["cloze"], "curve_tasks": ["cloze"]}
+    }
+    run(root, small)
+    curve = (root / "data" / "evaluate" / "plots" / "checkpoints.csv").read_text().splitlines()[1:]
+    assert [line.split(",")[0] for line in curve] == ["10", "20", "30"]
+    shutil.rmtree(root / "data" / "evaluate")
+    (run_dir / "step_000020.pt").unlink()
+    _refused(root, small, rf"checkpoints/pretrain/{run_dir.name}/step_000020.pt: kept checkpoint of pretrain run "
+                          rf"{run_dir.name} is missing")  # fmt: skip
+
+
 def _refused(root, extra, match):
     with pytest.raises(LineageError, match=match) as e:
         run(root, extra)

@@ -234,7 +234,20 @@ def test_instruct_stages_run_in_order_and_refuse_another_tokenizer(tmp_path: Pat
     assert all(r["ranks"] == r["gold_ranks"] for r in rows)  # noise 0: the labeler's own order
     assert all(r["temperatures"] == [1.0] * len(r["responses"]) for r in rows)  # no mix: all at temperature
     m = json.loads((data / "reward" / "metrics.json").read_text())
-    assert 0.0 <= m["val"]["pair_acc"] <= 1.0 and (tmp_path / "metrics" / "reward.json").is_file()
+    assert (tmp_path / "metrics" / "reward.json").is_file()
+    assert m["val"]["ceiling_pair_acc"] == 1.0  # noise 0: the labels are the labeler's own order
+    # the bias shift is in the saved RM: the SFT demonstrations it was fitted on score 0 on average
+    from pipeline.feedback.data import read_split
+    from pipeline.tokenizer import load_tokenizer
+    from pipeline.train.instruct import response_ids, score_groups
+
+    tok_file = data / "tokenize" / "tokenizer.json"
+    chat = ChatTokens(load_tokenizer(tok_file), str(tok_file))
+    rm = load_reward_model(data / "reward" / "model", tokenizer_sha256(tok_file)).eval()
+    demos = read_split(data / "instructions", "sft")[:8]  # reward.bias_samples
+    groups = [{"seqs": [response_ids(chat, d["messages"], d["reference"] + "<|end|>", 64)]} for d in demos]
+    scores = [g[0] for g in score_groups(rm, groups, 8, torch.device("cpu"))]
+    assert abs(sum(scores) / len(scores)) < 1e-5 and abs(m["bias_shift"]) > 1e-3, (scores, m["bias_shift"])
     assert set(json.loads((data / "sft" / "metrics.json").read_text())["eval"]["sft"]["families"]) == {
         "arithmetic", "unanswerable", "forbidden"
     }  # fmt: skip

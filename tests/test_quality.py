@@ -11,7 +11,7 @@ from pipeline.text.quality import (
     save_classifier,
     train_classifier,
 )
-from tests.conftest import junk, prose
+from tests.conftest import files_params, junk, prose
 
 CFG = QualityConfig(positives=["ref"], negatives=["web"])
 
@@ -111,3 +111,42 @@ def test_score_shard_counts_each_page_kind(tmp_path):
     assert out["total"] == {"web": 10, "ref": 1, "web:prose": 6, "web:api": 4}
     assert out["kept"]["web:prose"] + out["kept"]["web:api"] == out["kept"]["web"]
     assert out["kept"]["web:api"] == 0 and out["kept"]["web:prose"] >= 3  # P(keep) 0.002 and 0.99 at alpha 9
+
+
+def test_the_negatives_are_every_web_page_clean_kept_or_dropped(project, monkeypatch):
+    """GPT-3's classifier learns reference text against unfiltered Common Crawl: the web pages that
+    clean's heuristics dropped are negatives too; a dropped reference document is no positive."""
+    import json
+
+    from pipeline.config import parse_params
+    from pipeline.io import list_shards, read_rows
+    from pipeline.stage import run_stage
+    from stages import clean, crawl, quality
+
+    root, _ = project
+    with (root / "corpus" / "web" / "pages.jsonl").open("a") as fh:
+        for i in range(6):  # short pages: clean drops them (min_words)
+            fh.write(json.dumps({"text": f"Buy now {i}. Cheap shoes for the river."}) + "\n")
+    (root / "corpus" / "ref" / "short.txt").write_text("A reference note of five words.")
+    params = parse_params(files_params(root))
+    run_stage("crawl", crawl.body, root, params)
+    run_stage("clean", clean.body, root, params)
+    seen = {}
+    train = quality.train_classifier
+
+    def spy(pos, neg, *args, **kw):
+        seen["pos"], seen["neg"] = list(pos), list(neg)
+        return train(pos, neg, *args, **kw)
+
+    monkeypatch.setattr(quality, "train_classifier", spy)
+    run_stage("quality", quality.body, root, params)
+
+    def texts(folder, source):
+        return {r["text"] for p in list_shards(folder) for r in read_rows(p) if r["source"] == source}
+
+    data = root / "data" / "clean"
+    dropped_web = {t for t in texts(data / "dropped", "web") if t.strip()}
+    assert any(t.startswith("Buy now") for t in dropped_web)
+    assert sorted(seen["neg"]) == sorted(texts(data / "docs", "web") | dropped_web)
+    assert sorted(seen["pos"]) == sorted(texts(data / "docs", "ref"))
+    assert "A reference note of five words." in texts(data / "dropped", "ref")

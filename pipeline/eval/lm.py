@@ -4,14 +4,15 @@ computed exactly as pretraining's final evaluation (the same windows from
 numbers of the evaluate stage and of the pretrain stage are one and the same measurement.
 
 Also the zero-shot score across pretraining: the kept checkpoints (weights saved every
-``pretrain.keep_checkpoints_every`` steps as ``checkpoints/pretrain/<run key>/step_XXXXXX.pt``).
+``pretrain.keep_checkpoints_every`` steps as ``checkpoints/pretrain/<run key>/step_XXXXXX.pt``),
+listed with their hashes by pretrain in ``data/pretrain/checkpoints.json``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
-import re
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.errors import LineageError
+from pipeline.train.checkpoint import file_sha256
 
 
 def tokens_per_byte(meta: dict[str, Any]) -> dict[str, float]:
@@ -68,31 +70,32 @@ def lm_metrics(model: Any, val: Any, sources: list[str], tpb: dict[str, float], 
     return out
 
 
-STEP_RE = re.compile(r"^step_(\d+)\.pt$")
-
-
-def kept_checkpoints(
-    root: Path, model_config: dict[str, Any], run_key: str | None = None
-) -> list[tuple[int, Path]]:
-    """(step, path) of the kept pretraining checkpoints of the run that made the final model: the
-    run named by ``run_key`` when pretrain records it, else the most recently written run folder
-    whose checkpoints have the final model's config."""
-    from pipeline.train.checkpoint import load_checkpoint
-
-    base = root / "checkpoints" / "pretrain"
-    if not base.is_dir():
-        return []
-    runs = (
-        [base / run_key] if run_key else sorted(base.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)
-    )
-    for run in runs:
-        found = sorted((int(m.group(1)), p) for p in run.glob("step_*.pt") if (m := STEP_RE.match(p.name)))
-        if not found:
-            continue
-        state = load_checkpoint(found[-1][1])  # a damaged or pickled file: one line naming it
-        if state.get("model_config") == model_config:
-            return found
-    return []
+def kept_checkpoints(root: Path, manifest_path: Path) -> tuple[dict[str, Any], list[tuple[int, Path]]]:
+    """(manifest, [(step, path)]) of the kept pretraining checkpoints named in pretrain's manifest,
+    each checked against its recorded hash: a missing or changed file is one error naming the run."""
+    try:
+        info = json.loads(manifest_path.read_text())
+        key, entries = str(info["run_key"]), list(info["checkpoints"])
+        int(info["final_step"])
+    except FileNotFoundError:
+        raise LineageError(f"{manifest_path}: not found; run `dvc repro pretrain` to write it") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise LineageError(f"{manifest_path}: not a checkpoint list ({type(e).__name__}: {e})") from None
+    out = []
+    for e in entries:
+        path = root / e["path"]
+        redo = (
+            f"retrain run {key} (rm -r checkpoints/pretrain/{key}; dvc repro --force pretrain) "
+            "or set evaluate.curve_tasks: [] to skip the curve"
+        )
+        if not path.is_file():
+            raise LineageError(f"{e['path']}: kept checkpoint of pretrain run {key} is missing; {redo}")
+        if file_sha256(path) != e["sha256"]:
+            raise LineageError(
+                f"{e['path']}: kept checkpoint of pretrain run {key} changed since pretrain listed it; {redo}"
+            )
+        out.append((int(e["step"]), path))
+    return info, out
 
 
 def load_kept(path: Path, model_config: dict[str, Any]) -> Any:

@@ -105,7 +105,9 @@ class SftConfig(TrainSection):
 
     epochs: int = Field(6, ge=1)
     eval_interval: int = Field(100, ge=0)  # steps between validations (best checkpoint); 0 = at the end
-    dropout: float = Field(0.1, ge=0, lt=1)  # residual dropout (the paper's 0.2 is for 175B)
+    # all of the model's dropout: embeddings, attention weights and residual branches (GPT-2's one rate);
+    # the paper names residual dropout 0.2, for 175B
+    dropout: float = Field(0.1, ge=0, lt=1)
     val_fraction: float = Field(0.05, gt=0, lt=1)  # of the SFT split, for the validation loss
     eval_prompts: int = Field(20, ge=1)  # per family, greedy at each evaluation (all at the end)
     max_new_tokens: int = Field(48, ge=1)

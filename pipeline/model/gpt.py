@@ -299,16 +299,13 @@ class GPT(nn.Module):
         """Training FLOPs per token (forward + backward), as in PaLM appendix B and nanoGPT's MFU:
 
         ``6 * N`` for the weight matmuls (N = ``num_params()``, non-embedding) plus, for each layer,
-        ``12 * n_embd * T_eff`` for the attention scores and the weighted sum of values, where
-        ``T_eff`` is ``block_size`` for dense layers and ``min(window, block_size)`` for the sparse
-        layers of gpt3 (the number of keys a query sees, counted in full as the convention does).
+        ``12 * n_embd * block_size`` for the attention scores and the weighted sum of values. This
+        counts what runs: gpt3's banded layers compute the full (T, T) score matrix and mask it
+        (scaled_dot_product_attention with a boolean mask skips nothing), so they cost as much as
+        the dense ones; MFU would flatter them if they were counted at ``window`` keys a query.
         """
         cfg = self.config
-        attention = 0
-        for i in range(cfg.n_layer):
-            t_eff = min(cfg.window, cfg.block_size) if self.layer_is_sparse(i) else cfg.block_size
-            attention += 12 * cfg.n_embd * t_eff
-        return float(6 * self.num_params() + attention)
+        return float(6 * self.num_params() + cfg.n_layer * 12 * cfg.n_embd * cfg.block_size)
 
     def configure_optimizer(
         self,

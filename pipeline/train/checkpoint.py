@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -78,3 +79,32 @@ def load_checkpoint(path: Path, model_config: dict[str, Any] | None = None) -> d
             f"{path}: checkpoint is for another model ({k}={theirs.get(k)!r}, this run has {k}={ours.get(k)!r})"
         )
     return state
+
+
+STEP_RE = re.compile(r"^step_(\d+)\.pt$")
+# data/pretrain/checkpoints.json: the kept checkpoints of the run that made the model
+MANIFEST = "checkpoints.json"
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def checkpoint_manifest(root: Path, run_dir: Path, final_step: int) -> dict[str, Any]:
+    """What pretrain records of its run: the run key, the final step and every kept checkpoint
+    (``step_XXXXXX.pt`` up to the final step) with its path relative to ``root`` and its sha256,
+    so evaluate scores exactly these files or refuses."""
+    found = sorted((int(m.group(1)), p) for p in run_dir.glob("step_*.pt") if (m := STEP_RE.match(p.name)))
+    return {
+        "run_key": run_dir.name,
+        "final_step": final_step,
+        "checkpoints": [
+            {"step": step, "path": p.relative_to(root).as_posix(), "sha256": file_sha256(p)}
+            for step, p in found
+            if step <= final_step
+        ],
+    }

@@ -16,9 +16,12 @@ SFT), the **value model** (the RM's body and scalar head, read at every position
    (``kl_target``, ``kl_horizon``).
 3. *Advantages*: GAE with ``gamma`` = 1 and ``lambda`` = 0.95 on the value model's estimates
    ``V(s_t)`` (the value of the prefix before token t), whitened over the rollout batch.
-4. *Update*: ``ppo_epochs`` passes over the batch in minibatches: the clipped surrogate (``cliprange``)
-   for the policy, the clipped value loss (``cliprange_value``) for the value model, each with its
-   own AdamW; optionally an EMA of the policy weights.
+4. *Update*: ``ppo_epochs`` passes over the batch, each dealing the episodes into new random
+   minibatches: the clipped surrogate (``cliprange``) for the policy, the clipped value loss
+   (``cliprange_value``) for the value model, each with its own AdamW; optionally an EMA of the
+   policy weights. Policy and value model run with dropout off throughout (eval mode, as TRL's PPO
+   disables dropout): the old log-probs and values of the rollout and those of the updates come from
+   one and the same function, so the first ratio is exactly 1.
 
 **PPO-ptx** adds ``ptx_coef * LM loss`` on windows of the pretraining mix's training tokens to the
 policy loss of every minibatch (``ptx_coef = 0`` is plain PPO). Both terms here are per-token means:
@@ -319,7 +322,7 @@ class PPOTrainer:
     ptx: Callable[[int], tuple[torch.Tensor, torch.Tensor]] | None = None
     checkpoint: Path | None = None
     evaluate: Callable[[PPOTrainer], dict[str, float]] | None = None
-    select: str = "val/gold_score"
+    select: str = "valid/gold_score"
     best_dir: Path | None = None
     log: Callable[[dict[str, float], int], None] | None = None
     progress: Callable[[int, dict[str, float]], None] | None = None
@@ -331,8 +334,9 @@ class PPOTrainer:
     def __post_init__(self) -> None:
         if not self.prompts:
             raise ValueError("PPO needs at least one prompt")
-        self.policy.to(self.device).train()
-        self.value.to(self.device).train()
+        # dropout off for rollout, old log-probs and updates alike: one function, ratio 1 before a step
+        self.policy.to(self.device).eval()
+        self.value.to(self.device).eval()
         self.reward = frozen_copy(self.reward).to(self.device)
         self.ref = frozen_copy(self.ref if self.ref is not None else self.policy).to(self.device)
         self.ema = frozen_copy(self.policy).to(self.device) if self.cfg.ema else None
@@ -447,16 +451,14 @@ class PPOTrainer:
         cfg = self.cfg
         sums: dict[str, float] = {}
         n_updates = 0
-        # minibatches of episodes of similar length (little padding), visited in a new order each epoch
-        by_length = torch.argsort(ep.mask.sum(1).cpu(), stable=True)
-        groups = list(by_length.split(cfg.minibatch_size))
-        per_epoch = len(groups)
+        per_epoch = math.ceil(len(ep) / cfg.minibatch_size)
         for epoch in range(cfg.ppo_epochs):
-            order = torch.randperm(
-                per_epoch, generator=self.generator("minibatches", self.step, epoch, device="cpu")
+            # every epoch deals the episodes into new minibatches (as TRL does), not only a new order
+            perm = torch.randperm(
+                len(ep), generator=self.generator("minibatches", self.step, epoch, device="cpu")
             )
-            for k in range(per_epoch):
-                rows = groups[int(order[k])].to(self.device)
+            for k, rows in enumerate(perm.split(cfg.minibatch_size)):
+                rows = rows.to(self.device)
                 sub = ep.select(rows)
                 L = sub.actions.size(1)
                 mb = {"episodes": sub, "logp": s["logp"][rows, :L], "advantages": a["advantages"][rows, :L]}
