@@ -231,9 +231,13 @@ def _read(kind: str, root: Path, tok) -> None:
 
         read_task_dir(root / "data" / "evaluate" / "tasks" / "cloze")
     elif kind == "step_10.pt":
-        from pipeline.eval.lm import kept_checkpoints
+        from pipeline.eval.lm import load_kept
 
-        kept_checkpoints(root, tiny(tok.get_vocab_size()).config.to_dict())
+        # a checkpoint pretrain listed (its hash checked by kept_checkpoints) is loaded without unpickling
+        load_kept(
+            root / "checkpoints" / "pretrain" / "k" / "step_10.pt",
+            tiny(tok.get_vocab_size()).config.to_dict(),
+        )
     elif kind == "metrics.json":
         from pipeline import report
 
