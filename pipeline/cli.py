@@ -149,11 +149,9 @@ def restore_workspace(root: Path, env: dict[str, str]) -> tuple[bool, str]:
     if missing is None:
         return False, "the last commit's dvc.lock cannot be read; nothing was changed"
     if not missing:
-        tracked = [p for p in STATE if _git(root, "ls-files", "--error-unmatch", p).returncode == 0]
-        keep = (
-            ":(exclude)metrics/seeds"  # seed groups (`lineage seeds`) are results of their own, not a run's
-        )
-        if tracked and _git(root, "checkout", "HEAD", "--", *tracked, keep).returncode != 0:
+        keep = ":(exclude)metrics/seeds"  # seed groups (`lineage seeds`) are results of their own
+        tracked = _git(root, "ls-files", "--", *STATE, keep).stdout.split()  # the files, not the folders
+        if tracked and _git(root, "checkout", "HEAD", "--", *tracked).returncode != 0:
             return False, "git could not check out params.yaml, dvc.lock and metrics/ of the last commit"
         untracked = _git(
             root, "ls-files", "--others", "--exclude-standard", "metrics", "dvc.lock", keep

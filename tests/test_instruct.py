@@ -392,7 +392,7 @@ def test_the_supervised_loop_shows_its_steps_on_the_terminal(monkeypatch, capsys
     cfg = SupervisedConfig(epochs=1, dtype="float32")
     SupervisedTrainer(tiny(64), lm_loss, lambda epoch: data, cfg, progress="sft").run()
     lines = capsys.readouterr().err.splitlines()
-    assert lines[0].startswith("sft: 1/3 steps (33%), loss ") and "ETA" in lines[0]
-    assert lines[-1].startswith("sft: 3/3 steps (100%), loss ") and " in 0m" in lines[-1]
+    assert lines[0].startswith("sft (float32): 1/3 steps (33%), loss ") and "ETA" in lines[0]
+    assert lines[-1].startswith("sft (float32): 3/3 steps (100%), loss ") and " in 0m" in lines[-1]
     SupervisedTrainer(tiny(64), lm_loss, lambda epoch: data, cfg).run()  # no label, no lines
     assert capsys.readouterr().err == ""

@@ -933,6 +933,21 @@ def read_py_env_docs_source(name: str, src: PyEnvDocsSource, path: list[str] | N
     return docs
 
 
+def _record_files(dist: Any) -> list[str]:
+    """The paths a distribution's RECORD lists, read from disk each time (some libraries, Dask among
+    them, cache `importlib.metadata` lookups for the life of the process)."""
+    import csv
+
+    base = getattr(dist, "_path", None)
+    record = Path(base) / "RECORD" if base is not None else None
+    if record is not None and record.is_file():
+        try:
+            return [row[0] for row in csv.reader(record.read_text(encoding="utf-8").splitlines()) if row]
+        except (OSError, UnicodeDecodeError, csv.Error):
+            pass
+    return [str(f) for f in dist.files or []]
+
+
 def env_manifest(path: list[str] | None = None) -> dict[str, Any]:
     """What the embedded sources read from this machine, as one hash: the Python version (the
     standard library's docs) and each installed distribution's name, version and file list. Two
@@ -941,7 +956,7 @@ def env_manifest(path: list[str] | None = None) -> dict[str, Any]:
 
     lines = [f"python {platform.python_implementation()} {platform.python_version()}"]
     for dname, dist in installed_distributions(path):
-        files = sorted(str(f) for f in dist.files or [] if not str(f).endswith((".pyc", ".pyo")))
+        files = sorted(f for f in _record_files(dist) if not f.endswith((".pyc", ".pyo")))
         listing = hashlib.sha256("\n".join(files).encode("utf-8", "surrogatepass")).hexdigest()
         lines.append(f"{normalize_dist_name(dname)}=={dist.metadata.get('Version') or ''} {listing}")
     digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()
