@@ -365,3 +365,14 @@ def read_parquet(path: str | Path, columns: list[str] | None = None) -> pa.Table
 
 def read_rows(path: str | Path, columns: list[str] | None = None) -> list[dict[str, Any]]:
     return read_parquet(path, columns).to_pylist()
+
+
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file's bytes, read in 1 MiB blocks (sha256 for checkpoint lists, md5 as DVC)."""
+    import hashlib
+
+    h = hashlib.new(algorithm)
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -101,11 +101,9 @@ def dvc_input_hashes(root: Path, stage: str) -> dict[str, str]:
 
 
 def file_md5(path: Path) -> str:
-    h = hashlib.md5()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    from pipeline.io import file_digest
+
+    return file_digest(path, "md5")
 
 
 def dvc_hash(path: Path) -> str:

@@ -221,3 +221,13 @@ def write_corpus(tmp: Path, n_ref: int = 40, n_web: int = 60, seed: int = 0) -> 
 def project(tmp_path: Path) -> tuple[Path, Params]:
     write_corpus(tmp_path)
     return tmp_path, parse_params(files_params(tmp_path))
+
+
+@pytest.fixture(scope="module")
+def tok():
+    """A small BPE tokenizer of chat-like text (the chat and bad-input tests)."""
+    from pipeline.config import TokenizeConfig
+    from pipeline.tokenizer import train_tokenizer
+
+    text = ["What is the sum of two and three? Five. Which module defines dumps? json. Hello there."] * 20
+    return train_tokenizer(text, TokenizeConfig(vocab_size=300, min_frequency=1))

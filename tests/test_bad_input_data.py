@@ -14,14 +14,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from pipeline.config import TokenizeConfig, parse_params
 from pipeline.errors import LineageError
 from pipeline.feedback.config import ComparisonSource, DemonstrationSource
 from pipeline.feedback.data import comparisons, demonstrations, read_records
-from pipeline.model import GPT, GPTConfig
 from pipeline.model.export import save_model
 from pipeline.tokenizer import save_tokenizer, train_tokenizer
 from tests.conftest import ROOT, files_params
@@ -171,15 +169,7 @@ def test_evaluate_params_that_would_be_ignored_are_refused(tmp_path, evaluate, n
 
 
 # ------------------------------------------------------------------------------ damaged pipeline files
-@pytest.fixture(scope="module")
-def tok():
-    text = ["What is the sum of two and three? Five. Which module defines dumps? json. Hello there."] * 20
-    return train_tokenizer(text, TokenizeConfig(vocab_size=300, min_frequency=1))
-
-
-def tiny(vocab: int, block: int = 48) -> GPT:
-    torch.manual_seed(0)
-    return GPT(GPTConfig(arch="gpt2", vocab_size=vocab, block_size=block, n_layer=1, n_head=2, n_embd=16))
+from tests.test_chat import tiny  # noqa: E402 - the chat tests' model (their tokenizer `tok` is in conftest)
 
 
 def _reward_model(root: Path, tok) -> Path:

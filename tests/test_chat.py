@@ -11,20 +11,13 @@ import pytest
 import torch
 
 from pipeline.cli import fit_context, stream_reply
-from pipeline.config import TokenizeConfig
 from pipeline.feedback.chat import ChatTokens
 from pipeline.model import GPT, GPTConfig
 from pipeline.model.export import save_model
-from pipeline.tokenizer import save_tokenizer, train_tokenizer
+from pipeline.tokenizer import save_tokenizer
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def tok():
-    text = ["What is the sum of two and three? Five. Which module defines dumps? json. Hello there."] * 20
-    return train_tokenizer(text, TokenizeConfig(vocab_size=300, min_frequency=1))
 
 
 def tiny(vocab: int, block: int = 48) -> GPT:

@@ -87,11 +87,9 @@ MANIFEST = "checkpoints.json"
 
 
 def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    from pipeline.io import file_digest
+
+    return file_digest(path, "sha256")
 
 
 def checkpoint_manifest(root: Path, run_dir: Path, final_step: int) -> dict[str, Any]:
