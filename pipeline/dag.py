@@ -107,16 +107,21 @@ def declared(root: Path) -> dict[str, tuple[str, list[str]]]:
     return out
 
 
-def differences(root: Path) -> dict[str, tuple[list[str], list[str]]]:
-    """Per stage whose dvc.yaml code deps differ from the closure: (missing, extra)."""
+def _drift(root: Path) -> dict[str, tuple[list[str], list[str], list[str]]]:
+    """Per stage whose dvc.yaml code deps differ from the closure: (closure, missing, extra)."""
     diff = {}
     for name, (entry, deps) in declared(root).items():
         want = closure(root, entry)
         missing = [p for p in want if p not in deps]
         extra = [p for p in deps if p not in want]
         if missing or extra:
-            diff[name] = (missing, extra)
+            diff[name] = (want, missing, extra)
     return diff
+
+
+def differences(root: Path) -> dict[str, tuple[list[str], list[str]]]:
+    """Per stage whose dvc.yaml code deps differ from the closure: (missing, extra)."""
+    return {name: (missing, extra) for name, (_, missing, extra) in _drift(root).items()}
 
 
 def write(root: Path) -> list[str]:
@@ -124,8 +129,7 @@ def write(root: Path) -> list[str]:
     other deps and everything else; returns the stages changed."""
     path = Path(root) / "dvc.yaml"
     lines = path.read_text().split("\n")
-    decl = declared(root)
-    changed = [n for n in differences(root)]
+    changed = _drift(root)
     out: list[str] = []
     stage: str | None = None
     in_deps = False
@@ -138,7 +142,7 @@ def write(root: Path) -> list[str]:
             in_deps = stripped == "deps:"
             out.append(line)
             if in_deps and stage in changed:
-                out.extend(f"      - {p}" for p in closure(root, decl[stage][0]))
+                out.extend(f"      - {p}" for p in changed[stage][0])
             continue
         if in_deps and stage in changed and stripped.startswith("- ") and stripped[2:].endswith(".py"):
             continue
@@ -147,4 +151,4 @@ def write(root: Path) -> list[str]:
         tmp = path.with_suffix(".yaml.tmp")
         tmp.write_text("\n".join(out))
         tmp.replace(path)
-    return changed
+    return list(changed)

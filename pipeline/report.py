@@ -597,6 +597,8 @@ def _run(cmd: list[str], cwd: Path) -> str:
 
 
 def hardware() -> dict[str, str]:
+    from pipeline.train.loop import cpu_bf16_native
+
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -618,15 +620,9 @@ def hardware() -> dict[str, str]:
         "cores": f"{cores} usable of {os.cpu_count()}",
         "memory": mem,
         "GPU": "; ".join(gpu.splitlines()) or "none",
-        "CPU bf16": "native" if _cpu_bf16() else "emulated (float32 is faster)",
+        "CPU bf16": "native" if cpu_bf16_native() else "emulated (float32 is faster)",
         "OS": f"{platform.system()} {platform.release()}",
     }
-
-
-def _cpu_bf16() -> bool:
-    from pipeline.train.loop import cpu_bf16_native
-
-    return cpu_bf16_native()
 
 
 def compute_dtypes(root: Path, stages: Sequence[str]) -> str:

@@ -183,8 +183,7 @@ def run_group(
                 }
             )
     finally:
-        got = restore(root, env)  # (done, what happened) from restore_workspace
-        restored = got[0] if isinstance(got, tuple) else bool(got)
+        restored, _ = restore(root, env)
     if not done:
         raise LineageError(f"seeds {group}: no member finished ({', '.join(failed)})")
     from pipeline.tracking import git_commit, git_dirty

@@ -157,7 +157,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
     from pipeline.progress import Progress
     from pipeline.tokenizer import eot_id, load_tokenizer, open_tokens, read_meta
     from pipeline.train.checkpoint import MANIFEST
-    from pipeline.train.loop import autocast_dtype, device_for
+    from pipeline.train.loop import autocast_dtype, device_for, dtype_name
 
     cfg, seed = ctx.params.evaluate, ctx.params.common.seed
     tok_dir = ctx.input("tokenize")
@@ -284,7 +284,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
     write_csv(ctx.out / "plots" / "checkpoints.csv", curve)
     write_json(ctx.out / "table.json", table)
     _figures(ctx, table, curve, cfg)
-    out["perf"] = {"device": str(device), "dtype": str(dtype).removeprefix("torch.")}
+    out["perf"] = {"device": str(device), "dtype": dtype_name(dtype)}
     return out
 
 

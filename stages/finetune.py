@@ -79,7 +79,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
     from pipeline.eval.transforms import Specials
     from pipeline.model.export import load_model
     from pipeline.tokenizer import eot_id, load_tokenizer
-    from pipeline.train.loop import autocast_dtype, device_for
+    from pipeline.train.loop import autocast_dtype, device_for, dtype_name
 
     cfg, seed = ctx.params.finetune, ctx.params.common.seed
     tok_file = ctx.input("tokenize", "tokenizer.json")
@@ -173,7 +173,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
     out["train_loss"] = sum(losses) / len(losses) if losses else float("nan")
     out["config"] = {"lm_coef": cfg.lm_coef, "layers_transferred": cfg.layers_transferred if cfg.layers_transferred
                      is not None else n_layer, "lr": cfg.lr, "epochs": cfg.epochs, "max_len": max_len,
-                     "dtype": str(autocast_dtype(cfg.dtype, device)).removeprefix("torch.")}  # fmt: skip
+                     "dtype": dtype_name(autocast_dtype(cfg.dtype, device))}  # fmt: skip
     write_csv(ctx.out / "plots" / "train.csv", curves)
     write_csv(ctx.out / "plots" / "results.csv", bars)
     write_json(ctx.out / "table.json", bars)

@@ -53,7 +53,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
     from pipeline.progress import Phases, Progress
     from pipeline.tokenizer import load_tokenizer, open_tokens, read_meta
     from pipeline.train.data import TrainBatches
-    from pipeline.train.loop import device_for
+    from pipeline.train.loop import device_for, dtype_name
     from pipeline.train.ppo import PPOTrainer, ValueModel, lm_loss_on, sample_and_score, spread_windows
 
     cfg, seed = ctx.params.ppo, ctx.params.common.seed
@@ -301,7 +301,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
         "perf": {"train_s": result["train_s"], "step_s": _mean(steps), "generate_s": _mean(gens),
                  "generate_share": sum(gens) / sum(steps) if steps else 0.0,
                  "resumed_from_step": trainer.resumed_from, "device": str(device),
-                 "dtype": str(trainer.dtype).removeprefix("torch."), "threads": torch.get_num_threads()},
+                 "dtype": dtype_name(trainer.dtype), "threads": torch.get_num_threads()},
     }  # fmt: skip
 
 

@@ -22,7 +22,7 @@ from pipeline.model.gpt import GPT, GPTConfig
 from pipeline.stage import StageContext
 from pipeline.stage import launch as stage_launch
 from pipeline.train.checkpoint import run_key
-from pipeline.train.loop import Trainer, measure_peak_flops, setup_distributed
+from pipeline.train.loop import Trainer, dtype_name, measure_peak_flops, setup_distributed
 
 # settings that do not change what is learned: a checkpoint made under other values still applies
 NOT_IN_RUN_KEY = {
@@ -167,7 +167,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
             "train_s": trainer.elapsed,
             "resumed_from_step": trainer.resumed_from,
             "device": str(device),
-            "dtype": str(trainer.dtype).removeprefix("torch."),
+            "dtype": dtype_name(trainer.dtype),
             "world_size": dist.world_size,
         },
     }

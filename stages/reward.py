@@ -52,7 +52,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
         shuffled_batches,
         supervised_config,
     )  # fmt: skip
-    from pipeline.train.loop import setup_distributed
+    from pipeline.train.loop import dtype_name, setup_distributed
     from pipeline.train.supervised import SupervisedTrainer
 
     cfg, seed = ctx.params.reward, ctx.params.common.seed
@@ -183,7 +183,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
             "demo_std": _std([d - shift for d in demo_rewards]),
         },
         "perf": {"train_s": result["train_s"], "resumed_from_step": trainer.resumed_from, "device": str(device),
-                 "world_size": dist.world_size, "dtype": str(trainer.dtype).removeprefix("torch.")},
+                 "world_size": dist.world_size, "dtype": dtype_name(trainer.dtype)},
     }  # fmt: skip
 
 

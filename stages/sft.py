@@ -49,7 +49,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
         shuffled_batches,
         supervised_config,
     )  # fmt: skip
-    from pipeline.train.loop import setup_distributed
+    from pipeline.train.loop import dtype_name, setup_distributed
     from pipeline.train.supervised import SupervisedTrainer, lm_loss
 
     cfg, seed = ctx.params.sft, ctx.params.common.seed
@@ -185,7 +185,7 @@ def body(ctx: StageContext) -> dict[str, Any]:
         "eval": {"sft": sft_summary, "fewshot": {**base_summary, "shots": shots_used}},
         "perf": {"train_s": result["train_s"], "examples_per_s": result["examples_per_s"],
                  "resumed_from_step": trainer.resumed_from, "device": str(device), "world_size": dist.world_size,
-                 "dtype": str(trainer.dtype).removeprefix("torch.")},
+                 "dtype": dtype_name(trainer.dtype)},
     }  # fmt: skip
 
 

@@ -137,7 +137,7 @@ def test_seeds_runs_each_seed_as_an_experiment_and_writes_the_group(tmp_path: Pa
     def restore(r, env):
         (r / "params.yaml").write_text(original)  # back to the last commit, as restore_workspace does
         restored.append(r)
-        return True
+        return True, "restored"
 
     result = seeds.run_group(
         root, 3, "g", command="lineage seeds 3", runner=dvc, tracker=tracker, restore=restore, env={}
@@ -167,7 +167,7 @@ def test_seeds_with_a_profile_and_given_seeds(tmp_path: Path):
     root = _project(tmp_path)
     dvc = FakeDvc(root, fail_seed=3)
     result = seeds.run_group(
-        root, 3, "small", "small", [1, 2, 3], runner=dvc, restore=lambda r, e: True, env={}
+        root, 3, "small", "small", [1, 2, 3], runner=dvc, restore=lambda r, e: (True, "restored"), env={}
     )
     runs = [c for c, _ in dvc.calls if c[:3] == ["dvc", "exp", "run"]]
     # the profile's keys are applied, but the seeds are the group's: its common.seed is dropped
